@@ -1,0 +1,393 @@
+"""Atomic, locked access to the uniform HDF5 layout.
+
+How a file is kept safe
+-----------------------
+A processed file ``scan.h5`` is small: it holds every group of the layout (``raw/I0``, ``fit/...``,
+``norm/...``) *except* the bulky raw spectra. Those live once, written by the converter, in a bulk
+file inside the folder ``scan.h5.d/`` and are reached from ``raw/channelXX/spectra`` through an HDF5
+external link with a relative path, so ``h5py.File("scan.h5")["raw/channel00/spectra"]`` reads them
+like any other dataset (HDF5 looks for the linked file next to the file holding the link).
+
+Each processing step is a :func:`transaction`: it takes an exclusive lock (``scan.h5.d/.lock``),
+writes a complete new ``scan.h5`` under a temporary name (a copy of the old one without the groups
+it replaces, plus its new groups), flushes and fsyncs it, and swaps it in with ``os.replace``, which
+is atomic on POSIX file systems. A crash, a full disk or Ctrl-C at any moment therefore leaves either
+the old complete file or the new complete one, and the raw spectra are never rewritten.
+Files written by the original xrf_proc (spectra inline, no schema attribute) are read as they are;
+writing to them copies their spectra into the new file once, which is slower but equally safe.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import fcntl
+import json
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+from .._version import __version__
+from ..errors import FileBusyError, InputError, LayoutError, WriteError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+#: compression of every array, as in the original layout (readable by any HDF5 installation)
+GZIP = {"compression": "gzip", "compression_opts": 4}
+BULK_SUFFIX = ".d"
+
+
+# --------------------------------------------------------------------------- small helpers
+def bulk_dir(path: str | Path) -> Path:
+    """The folder holding the bulk (spectra) files of ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + BULK_SUFFIX)
+
+
+def encode_names(names: Sequence[str]) -> np.ndarray:
+    """Line names as the layout stores them: an array of utf-8 encoded byte strings."""
+    enc = [str(n).encode("utf8") for n in names]
+    width = max([len(e) for e in enc] + [1])
+    return np.array(enc, dtype=f"S{width}")
+
+
+def decode_names(values: Any) -> list[str]:
+    """Inverse of :func:`encode_names`; also accepts str arrays and scalars."""
+    arr = np.atleast_1d(values)
+    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in arr]
+
+
+def write_array(group: h5py.Group, name: str, data: Any, **kwargs: Any) -> h5py.Dataset:
+    """Write ``data`` into ``group[name]``, gzip-4 compressed when it is an array of any size.
+
+    Strings and sequences of strings are written as utf-8 bytes, scalars as scalars.
+    """
+    if name in group:
+        del group[name]
+    if isinstance(data, str):
+        return group.create_dataset(name, data=data.encode("utf8"))
+    if isinstance(data, (list, tuple)) and data and all(isinstance(d, str) for d in data):
+        return group.create_dataset(name, data=encode_names(data))
+    arr = np.asarray(data)
+    if arr.ndim == 0 or arr.size < 2:
+        return group.create_dataset(name, data=arr, **kwargs)
+    opts = dict(GZIP)
+    opts.update(kwargs)
+    return group.create_dataset(name, data=arr, **opts)
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.size <= 64 else f"<array {value.shape} {value.dtype}>"
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def stamp_provenance(obj: h5py.Group | h5py.Dataset, step: str, params: Mapping[str, Any] | None = None,
+                     inputs: Sequence[str] = ()) -> None:
+    """Attach the provenance attributes every written group carries."""
+    obj.attrs["xrfproc_version"] = __version__
+    obj.attrs["step"] = step
+    obj.attrs["parameters"] = json.dumps(_jsonable(dict(params or {})), sort_keys=True)
+    obj.attrs["inputs"] = json.dumps([str(i) for i in inputs])
+    obj.attrs["timestamp"] = now_iso()
+
+
+def read_provenance(obj: h5py.Group | h5py.Dataset) -> dict[str, Any] | None:
+    """The provenance of a group, or None for groups written by other programs."""
+    if "step" not in obj.attrs:
+        return None
+    out: dict[str, Any] = {k: obj.attrs[k] for k in ("xrfproc_version", "step", "timestamp") if k in obj.attrs}
+    out = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in out.items()}
+    for key in ("parameters", "inputs"):
+        try:
+            out[key] = json.loads(obj.attrs.get(key, "null"))
+        except (TypeError, ValueError):
+            out[key] = None
+    return out
+
+
+# --------------------------------------------------------------------------- reading
+@contextlib.contextmanager
+def open_read(path: str | Path) -> Iterator[h5py.File]:
+    """Open a layout file read-only, with errors that name the file.
+
+    Raises
+    ------
+    InputError
+        When the file is missing or is not a readable HDF5 file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", path=path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"not a readable HDF5 file ({exc})", path=path) from None
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def require(f: h5py.File | h5py.Group, key: str, what: str = "dataset") -> Any:
+    """``f[key]``, or a LayoutError naming the file and the missing path."""
+    try:
+        if key in f:
+            return f[key]
+    except (KeyError, OSError):
+        pass
+    raise LayoutError(f"missing {what} '{key}'", path=f.file.filename, dataset=key)
+
+
+def channels(f: h5py.File | h5py.Group, group: str = "raw") -> list[str]:
+    """Sorted detector channel names (``channel00``, ...) under ``group``."""
+    g = require(f, group, "group")
+    return sorted(k for k in g if k.startswith("channel"))
+
+
+# --------------------------------------------------------------------------- locking
+@contextlib.contextmanager
+def file_lock(path: str | Path, step: str = "write", wait: float = 0.0) -> Iterator[None]:
+    """Hold the exclusive write lock of ``path`` (``<path>.d/.lock``, an ``flock``).
+
+    Parameters
+    ----------
+    wait : float
+        Seconds to wait for another writer to finish; 0 refuses at once.
+
+    Raises
+    ------
+    FileBusyError
+        Naming the process holding the lock and its step.
+    """
+    path = Path(path)
+    folder = bulk_dir(path)
+    try:
+        folder.mkdir(exist_ok=True)
+        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise WriteError(f"cannot create the lock file in {folder} ({exc.strerror})", path=path) from None
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                    raise FileBusyError(f"file is being written by {holder}; try again when it has finished",
+                                        path=path) from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} (step {step}, since {now_iso()})".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- copying
+def _copy_except(src: h5py.Group, dst: h5py.Group, exclude: set[str], prefix: str = "") -> None:
+    """Copy every item of ``src`` into ``dst`` except the paths in ``exclude``.
+
+    Links (external or soft) are recreated as links, never expanded, so the raw spectra stay where
+    they are.
+    """
+    for key, value in src.attrs.items():
+        dst.attrs[key] = value
+    for name in src:
+        full = f"{prefix}{name}"
+        if full in exclude:
+            continue
+        link = src.get(name, getlink=True)
+        if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
+            dst[name] = link
+        elif any(e.startswith(full + "/") for e in exclude):
+            _copy_except(src[name], dst.create_group(name), exclude, full + "/")
+        else:
+            src.copy(name, dst, name=name)
+
+
+# --------------------------------------------------------------------------- transactions
+class Transaction:
+    """A step's write to a layout file; see :func:`transaction`.
+
+    Attributes
+    ----------
+    file : h5py.File
+        The new file being written (already holding everything the step does not replace).
+    path : Path
+        The file that will be replaced on success.
+    """
+
+    def __init__(self, path: Path, file: h5py.File, step: str, params: Mapping[str, Any],
+                 inputs: Sequence[str], replace: Sequence[str]):
+        self.path, self.file, self.step = path, file, step
+        self.params, self.inputs, self.replace = dict(params), list(inputs), list(replace)
+
+    def group(self, name: str) -> h5py.Group:
+        """Create (empty) the group ``name``, one of the paths this transaction replaces."""
+        if not any(name == r or name.startswith(r + "/") for r in self.replace):
+            raise ValueError(f"group {name!r} is not among the replaced paths {self.replace}")
+        if name in self.file:
+            del self.file[name]
+        return self.file.create_group(name)
+
+    def new_bulk_file(self, tag: str) -> tuple[h5py.File, str]:
+        """Open a new bulk file in ``<path>.d/``; returns it and its name relative to ``path``'s folder."""
+        name = f"{tag}-{secrets.token_hex(4)}.h5"
+        rel = f"{bulk_dir(self.path).name}/{name}"
+        return h5py.File(bulk_dir(self.path) / name, "w"), rel
+
+
+@contextlib.contextmanager
+def transaction(path: str | Path, step: str, replace: Sequence[str], params: Mapping[str, Any] | None = None,
+                inputs: Sequence[str] = (), wait: float = 0.0, create: bool = False) -> Iterator[Transaction]:
+    """Replace groups of a layout file atomically.
+
+    Parameters
+    ----------
+    path : str or Path
+        The layout file. It must exist unless ``create``.
+    step : str
+        Name of the processing step (recorded in the provenance).
+    replace : sequence of str
+        HDF5 paths the step writes (e.g. ``["fit"]`` or ``["detlim/nist613"]``); whatever the file
+        holds there is dropped and everything else is kept.
+    params, inputs
+        Recorded as provenance on every replaced path that the step writes.
+    wait : float
+        Seconds to wait for another writer (default: refuse at once).
+
+    Raises
+    ------
+    FileBusyError
+        Another process is writing the file.
+    WriteError
+        The new file could not be written (disk full, read-only folder); the old one is untouched.
+    """
+    path = Path(path)
+    if path.exists() == create and not create:
+        raise InputError("file not found", path=path)
+    params = dict(params or {})
+    with file_lock(path, step, wait):
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
+        try:
+            newf = h5py.File(tmp, "w", libver=("earliest", "latest"))
+        except OSError as exc:
+            raise WriteError(f"cannot write next to the file ({exc})", path=path) from None
+        ok = False
+        try:
+            if path.exists():
+                try:
+                    with h5py.File(path, "r") as old:
+                        _copy_except(old, newf, set(replace))
+                except OSError as exc:
+                    raise InputError(f"cannot read the existing file ({exc})", path=path) from None
+            tx = Transaction(path, newf, step, params, inputs, replace)
+            yield tx
+            for rep in replace:
+                if rep in newf:
+                    stamp_provenance(newf[rep], step, params, inputs)
+            newf.attrs["xrfproc_schema_version"] = SCHEMA_VERSION
+            newf.attrs["xrfproc_version"] = __version__
+            newf.attrs["last_step"] = step
+            newf.close()
+            _fsync_path(tmp)
+            os.replace(tmp, path)
+            _fsync_path(path.parent)
+            ok = True
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                raise WriteError(f"could not write the {step} results ({exc.strerror}); the file is unchanged",
+                                 path=path) from None
+            raise
+        finally:
+            if not ok:
+                with contextlib.suppress(Exception):
+                    newf.close()
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+        collect_bulk_garbage(path)
+
+
+def _external_targets(f: h5py.File) -> set[str]:
+    found: set[str] = set()
+
+    def visit(group: h5py.Group) -> None:
+        for name in group:
+            link = group.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                found.add(link.filename)
+            elif isinstance(link, h5py.HardLink) and isinstance(group[name], h5py.Group):
+                visit(group[name])
+
+    visit(f)
+    return found
+
+
+def collect_bulk_garbage(path: str | Path) -> list[Path]:
+    """Delete bulk files of ``path`` that no link refers to any more (left by replaced data or a crash).
+
+    Call only while holding the file's lock (transactions do).
+    """
+    path = Path(path)
+    folder = bulk_dir(path)
+    if not folder.is_dir() or not path.exists():
+        return []
+    with h5py.File(path, "r") as f:
+        used = {Path(t).name for t in _external_targets(f)}
+    removed = []
+    for item in folder.glob("*.h5"):
+        if item.name not in used:
+            with contextlib.suppress(OSError):
+                item.unlink()
+                removed.append(item)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(stale.name.split(".tmp-")[1].split("-")[0])
+            if not _pid_alive(pid):
+                stale.unlink()
+                removed.append(stale)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

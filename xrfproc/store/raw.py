@@ -1,0 +1,186 @@
+"""Writing and reading the ``raw/`` part of the layout (written once, by a converter)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import h5py
+import numpy as np
+
+from ..core.rawmap import RawChannel, RawMap
+from ..errors import InputError, LayoutError
+from .h5store import GZIP, channels, decode_names, open_read, require, transaction, write_array
+
+log = logging.getLogger(__name__)
+
+#: target size of one chunk of the spectra dataset, in values
+CHUNK_VALUES = 1 << 18
+
+
+def spectra_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Chunk shape for a spectra array ``(*grid, nbins)``: whole spectra, part of one row."""
+    nbins = shape[-1]
+    if len(shape) == 1:
+        return (nbins,)
+    per_chunk = max(1, CHUNK_VALUES // max(nbins, 1))
+    inner = min(shape[-2], per_chunk)
+    return (1,) * (len(shape) - 2) + (inner, nbins)
+
+
+def storage_dtype(dtype: np.dtype) -> np.dtype:
+    """Counts stay integers (half the bytes of float32); anything else becomes float32."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        return dtype if dtype.itemsize <= 4 else np.dtype(dtype.kind + "4")
+    return np.dtype("float32")
+
+
+def iter_blocks(nrows: int, rows_per_block: int) -> Iterator[slice]:
+    for start in range(0, nrows, rows_per_block):
+        yield slice(start, min(nrows, start + rows_per_block))
+
+
+def _write_spectra(bulk: h5py.File, name: str, spectra: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Copy spectra block by block into ``bulk[name]``; return the sum and max spectrum."""
+    shape = tuple(spectra.shape)
+    dtype = storage_dtype(spectra.dtype)
+    ds = bulk.create_dataset(name, shape=shape, dtype=dtype, chunks=spectra_chunks(shape), **GZIP)
+    nbins = shape[-1]
+    total = np.zeros(nbins, dtype=np.float64)
+    peak = np.full(nbins, -np.inf)
+    if len(shape) == 1:
+        block = np.asarray(spectra[...])
+        ds[...] = block.astype(dtype, copy=False)
+        return block.astype(np.float64), block.astype(np.float64)
+    per_row = int(np.prod(shape[1:-1])) * nbins
+    rows = max(1, (16 * CHUNK_VALUES) // max(per_row, 1))
+    for sl in iter_blocks(shape[0], rows):
+        block = np.asarray(spectra[sl])
+        if dtype.kind in "ui" and block.size and block.min() < 0:
+            raise InputError(f"negative counts in spectra rows {sl.start}..{sl.stop - 1}", dataset=name)
+        ds[sl] = block.astype(dtype, copy=False)
+        flat = block.reshape(-1, nbins).astype(np.float64)
+        total += np.nansum(flat, axis=0)
+        peak = np.fmax(peak, np.nanmax(flat, axis=0))
+    return total, peak
+
+
+def write_raw(path: str | Path, raw: RawMap, *, step: str = "convert", params: dict | None = None,
+              progress: Callable[[float], None] | None = None) -> Path:
+    """Write a converted scan as a new layout file (replacing any file at ``path`` atomically).
+
+    The spectra go to a bulk file in ``<path>.d/`` linked from ``raw/channelXX/spectra``; the
+    sum and max spectra are computed on the way.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    path = Path(path)
+    raw.validate(str(raw.sources[0]) if raw.sources else str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    everything = ["raw", "cmd", "mot1", "mot2"]
+    with transaction(path, step, replace=everything, params=params or {}, inputs=raw.sources,
+                     create=True) as tx:
+        # a new scan: drop every processed group of an old file at this path as well
+        for key in list(tx.file):
+            del tx.file[key]
+        for key in list(tx.file.attrs):
+            del tx.file.attrs[key]
+        g = tx.group("raw")
+        bulk, rel = tx.new_bulk_file("raw")
+        with bulk:
+            nchan = len(raw.channels)
+            for i, (name, ch) in enumerate(sorted(raw.channels.items())):
+                cg = g.create_group(name)
+                total, peak = _write_spectra(bulk, f"{name}/spectra", ch.spectra)
+                cg["spectra"] = h5py.ExternalLink(rel, f"/{name}/spectra")
+                write_array(cg, "icr", np.asarray(ch.icr, dtype=np.float64))
+                write_array(cg, "ocr", np.asarray(ch.ocr, dtype=np.float64))
+                write_array(cg, "sumspec", total)
+                write_array(cg, "maxspec", peak)
+                if ch.calibration is not None:
+                    cg.attrs["calibration_keV"] = np.asarray(ch.calibration, dtype=np.float64)
+                if progress is not None:
+                    progress((i + 1) / nchan)
+        write_array(g, "I0", np.asarray(raw.I0, dtype=np.float64))
+        write_array(g, "acquisition_time", np.asarray(raw.acquisition_time, dtype=np.float64))
+        if raw.I1 is not None:
+            write_array(g, "I1", np.asarray(raw.I1, dtype=np.float64))
+        if raw.energy_keV is not None:
+            g.attrs["energy_keV"] = float(raw.energy_keV)
+        g.attrs["mot1_name"] = raw.mot1_name
+        g.attrs["mot2_name"] = raw.mot2_name
+        for key, value in raw.attrs.items():
+            g.attrs[key] = value
+        tx.file.create_dataset("cmd", data=raw.cmd.encode("utf8"))
+        for key, mot, name in (("mot1", raw.mot1, raw.mot1_name), ("mot2", raw.mot2, raw.mot2_name)):
+            ds = write_array(tx.file, key, np.asarray(mot, dtype=np.float64))
+            ds.attrs["name"] = name
+    log.info("wrote %s (%s, channels %s)", path, "x".join(map(str, raw.grid_shape)) or "1 point",
+             ", ".join(sorted(raw.channels)))
+    return path
+
+
+def read_raw(path: str | Path, load_spectra: bool = True) -> RawMap:
+    """Read ``raw/`` of a layout file (ours or the original tool's) into a :class:`RawMap`.
+
+    With ``load_spectra=False`` the spectra stay on disk: each channel's ``spectra`` is then the
+    *path* of the dataset and must be read with :func:`iter_spectra_blocks`.
+    """
+    path = Path(path)
+    with open_read(path) as f:
+        raw = require(f, "raw", "group")
+        chans = channels(f, "raw")
+        if not chans:
+            raise LayoutError("no detector channel 'raw/channelXX'", path=path, dataset="raw")
+        out: dict[str, RawChannel] = {}
+        for c in chans:
+            sp = require(f, f"raw/{c}/spectra")
+            spectra = sp[()] if load_spectra else f"raw/{c}/spectra"
+            grid = sp.shape[:-1]
+            icr = raw[c]["icr"][()] if "icr" in raw[c] else np.ones(grid)
+            ocr = raw[c]["ocr"][()] if "ocr" in raw[c] else np.ones(grid)
+            cal = raw[c].attrs.get("calibration_keV")
+            out[c] = RawChannel(spectra, icr, ocr, None if cal is None else tuple(float(x) for x in cal))
+        grid = require(f, f"raw/{chans[0]}/spectra").shape[:-1]
+
+        def opt(key: str, default: Any) -> Any:
+            for where in (f"raw/{key}", key):
+                if where in f:
+                    return f[where][()]
+            return default
+
+        cmd = opt("cmd", b"")
+        return RawMap(
+            channels=out,
+            I0=np.asarray(opt("I0", np.ones(grid)), dtype=np.float64),
+            acquisition_time=np.asarray(opt("acquisition_time", np.ones(grid)), dtype=np.float64),
+            mot1=np.asarray(opt("mot1", np.zeros(grid)), dtype=np.float64),
+            mot2=np.asarray(opt("mot2", np.zeros(grid)), dtype=np.float64),
+            I1=None if "raw/I1" not in f else f["raw/I1"][()],
+            cmd=cmd.decode("utf8", "replace") if isinstance(cmd, bytes) else str(cmd),
+            mot1_name=str(raw.attrs.get("mot1_name", "mot1")),
+            mot2_name=str(raw.attrs.get("mot2_name", "mot2")),
+            energy_keV=float(raw.attrs["energy_keV"]) if "energy_keV" in raw.attrs else None,
+            sources=[str(path)],
+        )
+
+
+def iter_spectra_blocks(path: str | Path, channel: str, rows_per_block: int = 0) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield ``(row slice, spectra block)`` of ``raw/<channel>/spectra`` without loading the whole map."""
+    with open_read(path) as f:
+        ds = require(f, f"raw/{channel}/spectra")
+        if ds.ndim == 1:
+            yield slice(0, 1), ds[()][None]
+            return
+        if rows_per_block <= 0:
+            per_row = int(np.prod(ds.shape[1:]))
+            rows_per_block = max(1, (16 * CHUNK_VALUES) // max(per_row, 1))
+        for sl in iter_blocks(ds.shape[0], rows_per_block):
+            yield sl, ds[sl]
+
+
+__all__ = ["write_raw", "read_raw", "iter_spectra_blocks", "decode_names", "spectra_chunks"]
