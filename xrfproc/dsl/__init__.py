@@ -1,0 +1,1 @@
+"""The .xrf recipe language (see the recipe issue)."""

@@ -1,0 +1,1 @@
+"""The MCP server front-end (see the MCP issue)."""

@@ -1,0 +1,1 @@
+"""Generators of test data with real beamline file structures."""
