@@ -88,8 +88,11 @@ def read_any(source: str | Path | Sequence[str | Path], kind: str = "auto", **op
     if isinstance(source, (list, tuple)):
         if not source:
             raise InputError("empty list of files to convert")
-        maps = [read_any(s, kind, **options) for s in source]
-        return merge(maps) if len(maps) > 1 else maps[0]
+        mod = reader(detect_kind(source[0]) if kind == "auto" else kind)
+        if getattr(mod, "READS_LISTS", False):
+            return mod.read(list(source), **options)  # the reader stitches (and sorts) itself
+        maps = [mod.read(s, **options) for s in source]
+        return merge(maps, atol=options.get("atol", 1e-4)) if len(maps) > 1 else maps[0]
     if kind == "auto":
         kind = detect_kind(source)
     return reader(kind).read(source, **options)

@@ -1,0 +1,100 @@
+"""The detection-limit step: ``fit/`` + ``norm/`` of a reference measurement -> ``detlim/``, ``elyield/``."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import store
+from ..core import detlim as core_detlim
+from ..core.cnc import read_cnc
+from ..errors import LayoutError
+
+log = logging.getLogger(__name__)
+
+
+def detlim(h5file: str | Path, cncfile: str | Path, channel: str | None = None, energy_keV: float | None = None,
+           incidence_deg: float = 45.0, exit_deg: float = 45.0) -> dict[str, Any]:
+    """Detection limits (1 s and 1000 s) and elemental yields of a reference-material measurement.
+
+    Writes ``detlim/<cnc>/channelXX/{1s,1000s}/{data,stddev}, names`` (unit ppm) and, when the file
+    has been normalised, ``elyield/<cnc>/channelXX/{yield,stddev,names}``.
+
+    Parameters
+    ----------
+    h5file : path
+        The reference measurement, fitted (and normalised for yields).
+    cncfile : path
+        Its certified composition.
+    channel : str, optional
+        One channel (``"channel00"``); default all fitted channels.
+    energy_keV : float, optional
+        Excitation energy; default the one recorded at conversion (``raw@energy_keV``).
+    incidence_deg, exit_deg : float
+        Beam and detector angles to the sample surface, for the information depth.
+    """
+    path = Path(h5file)
+    cnc = read_cnc(cncfile)
+    tag = Path(cncfile).stem
+    with store.open_read(path) as f:
+        chans = [channel] if channel else store.channels(f, "fit")
+        if not chans:
+            raise LayoutError("no fitted channel: run the fit step first", path=path, dataset="fit")
+        t = f["raw/acquisition_time"][()] if "raw/acquisition_time" in f else None
+        if t is None:
+            raise LayoutError("detection limits need raw/acquisition_time (the measuring time)", path=path,
+                              dataset="raw/acquisition_time")
+        total_time = float(np.nansum(t))
+        if energy_keV is None and "energy_keV" in f["raw"].attrs:
+            energy_keV = float(f["raw"].attrs["energy_keV"])
+        has_norm = "norm" in f
+        I0norm = float(f["norm/I0"][()]) if has_norm else None
+        per_channel = {}
+        for c in chans:
+            g = store.require(f, f"fit/{c}", "group")
+            names = store.decode_names(store.require(g, "names")[()])
+            ip = np.asarray(store.require(g, "sum/int")[()], dtype=np.float64)
+            ib = np.asarray(store.require(g, "sum/bkg")[()], dtype=np.float64)
+            norm = None
+            if has_norm and f"norm/{c}/sum/int" in f:
+                norm = (np.asarray(f[f"norm/{c}/sum/int"][()]), np.asarray(f[f"norm/{c}/sum/int_stddev"][()]))
+            per_channel[c] = (names, ip, ib, norm)
+    results, summary = {}, {"file": str(path), "cnc": str(cncfile), "channels": {}, "warnings": []}
+    for c, (names, ip, ib, norm) in per_channel.items():
+        dls = core_detlim.detection_limits(names, ip, ib, total_time, cnc) if not cnc.areal else None
+        ylds = None
+        if norm is not None:
+            ylds = core_detlim.elemental_yields(names, norm[0], norm[1], I0norm, cnc, energy_keV,
+                                                incidence_deg, exit_deg)
+        else:
+            summary["warnings"].append(f"{c}: no norm/ group, elemental yields not computed (run normalise)")
+        results[c] = (dls, ylds)
+        summary["channels"][c] = {
+            "detection_limits_ppm_1s": dict(zip(dls.names, map(float, dls.dl[1.0]))) if dls else {},
+            "yields": dict(zip(ylds.names, map(float, ylds.values))) if ylds else {},
+            "skipped": dls.skipped if dls else [],
+        }
+    replace = [f"detlim/{tag}"] + ([f"elyield/{tag}"] if any(y for _, y in results.values()) else [])
+    params = {"cnc": str(cncfile), "energy_keV": energy_keV, "incidence_deg": incidence_deg, "exit_deg": exit_deg,
+              "total_time_s": total_time}
+    with store.transaction(path, "detlim", replace=replace, params=params,
+                           inputs=[f"fit/{c}/sum" for c in results] + [f"norm/{c}/sum" for c in results]) as tx:
+        for c, (dls, ylds) in results.items():
+            if dls is not None:
+                g = tx.group(f"detlim/{tag}/{c}")
+                store.write_array(g, "names", store.encode_names(dls.names))
+                for t_s, label in ((1.0, "1s"), (1000.0, "1000s")):
+                    store.write_array(g, f"{label}/data", dls.dl[t_s])
+                    store.write_array(g, f"{label}/stddev", dls.dl_err[t_s])
+                tx.file[f"detlim/{tag}"].attrs["unit"] = "ppm"
+                tx.file["detlim"].attrs["unit"] = "ppm"
+            if ylds is not None:
+                g = tx.group(f"elyield/{tag}/{c}")
+                store.write_array(g, "names", store.encode_names(ylds.names))
+                store.write_array(g, "yield", ylds.values)
+                store.write_array(g, "stddev", ylds.stddev)
+                store.write_array(g, "d_eff_cm", ylds.d_eff_cm)
+                g["yield"].attrs["unit"] = ylds.unit
+    return summary
