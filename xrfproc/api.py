@@ -1,8 +1,9 @@
 """The one façade of xrfproc: a function per processing step.
 
-The command line, the MCP server and the recipe language call exactly these functions; they do the
-argument checking, read and write the layout through :mod:`xrfproc.store` and leave the science to
-:mod:`xrfproc.core`.
+The command line, the MCP server and the recipe language call exactly these functions. Each takes
+the path of a layout file (plus its options), reads and writes it through :mod:`xrfproc.store`
+(atomically: a failed step leaves the file as it was) and leaves the science to :mod:`xrfproc.core`.
+Long steps take ``progress=callable(done, total, message)``.
 """
 from __future__ import annotations
 
@@ -12,11 +13,19 @@ from typing import Any, Sequence
 
 from . import store
 from .core import convert as _convert
-from .errors import InputError
+from .core.cnc import Cnc, read_cnc, write_cnc
+from .steps.detlim import detlim
+from .steps.normalise import normalise
 
 log = logging.getLogger(__name__)
 
-__all__ = ["convert", "inspect"]
+__all__ = ["convert", "inspect", "simulate", "simulate_reference", "demo_dataset", "fit", "normalise", "detlim",
+           "read_cnc", "write_cnc", "Cnc", "make_config", "suggest_elements", "converter_kinds"]
+
+
+def converter_kinds() -> list[str]:
+    """The format names :func:`convert` accepts as ``kind``."""
+    return _convert.kinds()
 
 
 def convert(source: str | Path | Sequence[str | Path], out: str | Path | None = None, kind: str = "auto",
@@ -30,7 +39,7 @@ def convert(source: str | Path | Sequence[str | Path], out: str | Path | None = 
     out : path, optional
         The file to write; default ``<first source stem>_merge.h5`` next to the source.
     kind : str
-        ``"auto"`` (detect from the content) or one of :func:`xrfproc.core.convert.kinds`.
+        ``"auto"`` (detect from the content) or one of :func:`converter_kinds`.
     **options
         Passed to the reader (e.g. ``scan="1.1"``, ``dims=(10, 10)``, ``sort=True``).
 
@@ -42,13 +51,69 @@ def convert(source: str | Path | Sequence[str | Path], out: str | Path | None = 
     first = Path(source[0] if isinstance(source, (list, tuple)) and source else source)  # type: ignore[index]
     raw = _convert.read_any(source, kind=kind, **options)
     if out is None:
-        out = first.with_name(first.stem + "_merge.h5") if first.suffix else first.with_name(first.name + "_merge.h5")
-    params = {"kind": kind, **{k: v for k, v in options.items()}}
-    return store.write_raw(out, raw, params=params)
+        out = first.with_name((first.stem if first.suffix else first.name) + "_merge.h5")
+    sources = [str(s) for s in source] if isinstance(source, (list, tuple)) else [str(source)]
+    return store.write_raw(out, raw, params={"kind": kind, "source": sources, **options})
 
 
 def inspect(h5file: str | Path) -> dict[str, Any]:
-    """Summarise a layout file: its groups with shapes, the steps that ran and their provenance."""
+    """Summarise a layout file: its groups with shapes and units, the steps that ran and their provenance."""
     from .store.inspect import summarise
 
     return summarise(h5file)
+
+
+def simulate(out: str | Path, rows: int = 20, cols: int = 30, energy_keV: float = 18.0, scan: str = "raster",
+             seed: int = 0, **options: Any) -> Path:
+    """Simulate the demo phantom (Fe, Cu, Zn, Sr, Pb in a silicate) on a ``rows x cols`` grid and write it.
+
+    ``scan`` is ``"raster"``, ``"snake"`` or ``"timetriggered"``; other options go to
+    :func:`xrfproc.core.simulate.simulate_map`.
+    """
+    from .core import simulate as sim
+    from .core.scanpattern import ScanPattern
+
+    if scan not in ("raster", "snake", "timetriggered"):
+        from .errors import InputError
+        raise InputError(f"scan must be 'raster', 'snake' or 'timetriggered', got {scan!r}")
+    pattern = ScanPattern(kind=scan, lag=0.5 if scan == "snake" else 0.0)
+    options.setdefault("detectors", sim.demo_detectors())
+    return sim.write_simulated(out, sim.demo_phantom(rows, cols), sim.DEMO_MATRIX, energy_keV=energy_keV,
+                               pattern=pattern, seed=seed, **options)
+
+
+def simulate_reference(out: str | Path, cncfile: str | Path, rows: int = 5, cols: int = 5, energy_keV: float = 18.0,
+                       seed: int = 0, **options: Any) -> Path:
+    """Simulate a homogeneous reference-material map of the composition in ``cncfile`` and write it."""
+    from .core import simulate as sim
+
+    options.setdefault("detectors", sim.demo_detectors())
+    return sim.write_simulated(out, cnc=cncfile, shape=(rows, cols), energy_keV=energy_keV, seed=seed, **options)
+
+
+def demo_dataset(folder: str | Path, seed: int = 0, snake: bool = False) -> tuple[Path, Path]:
+    """Write the demo sample map and its NIST SRM 613 reference map into ``folder``."""
+    from .core.simulate import demo_dataset as _demo
+
+    return _demo(folder, seed=seed, snake=snake)
+
+
+def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast", **options: Any) -> dict[str, Any]:
+    """Fit every pixel's spectrum and write ``fit/`` (see :func:`xrfproc.steps.fit.fit`)."""
+    from .steps.fit import fit as _fit
+
+    return _fit(h5file, config, channel=channel, mode=mode, **options)
+
+
+def make_config(h5file: str | Path, elements: Sequence[str], energy_keV: float, **options: Any) -> Path:
+    """Write a PyMca ``.cfg`` for ``elements`` at ``energy_keV`` without a GUI; returns its path."""
+    from .steps.configure import make_config as _make
+
+    return _make(h5file, elements, energy_keV, **options)
+
+
+def suggest_elements(h5file: str | Path, energy_keV: float, channel: str | None = None) -> list[str]:
+    """Elements whose lines are found in the sum spectrum of ``h5file`` (symbols)."""
+    from .steps.configure import suggest_elements as _suggest
+
+    return _suggest(h5file, energy_keV, channel=channel)
