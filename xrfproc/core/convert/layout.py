@@ -1,0 +1,67 @@
+"""A file already in the (original) xrf_proc layout -> RawMap, so ``convert`` can migrate it.
+
+Files written by the original xrf_proc keep the spectra inline in ``raw/channelXX/spectra`` and
+carry no provenance; converting one writes a new file of our layout (spectra in the bulk file,
+provenance stamped) with the same raw data. Reading goes through :func:`xrfproc.store.raw.read_raw`,
+the one place that knows the layout. Missing optional datasets get the defaults of ``read_raw``
+(icr/ocr/I0/acquisition_time 1, motors 0) with a warning.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ...errors import InputError
+from ..rawmap import RawMap
+
+log = logging.getLogger(__name__)
+
+KIND = "layout"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def sniff(path: str | Path) -> bool:
+    """True for an HDF5 file with a dataset ``raw/channel00/spectra``."""
+    try:
+        p = Path(path)
+        if not p.is_file():
+            return False
+        with open(p, "rb") as fh:
+            if fh.read(8) != _HDF5_MAGIC:
+                return False
+        import h5py
+
+        with h5py.File(p, "r") as f:
+            return "raw/channel00/spectra" in f and isinstance(f.get("raw/channel00/spectra"), h5py.Dataset)
+    except Exception:
+        return False
+
+
+def read(source: str | Path, **_ignored: Any) -> RawMap:
+    """Read ``raw/`` (and ``mot1``, ``mot2``, ``cmd``) of a layout file.
+
+    Raises
+    ------
+    InputError
+        (a :class:`~xrfproc.errors.LayoutError`) when ``raw/`` or its spectra are missing, or arrays do
+        not fit the spectra grid.
+    """
+    from ...store.raw import read_raw
+
+    path = Path(source)
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("raw/I0", "raw/acquisition_time", "mot1", "mot2") if k not in f]
+            for c in (k for k in f.get("raw", {}) if k.startswith("channel")):
+                missing += [f"raw/{c}/{k}" for k in ("icr", "ocr") if k not in f["raw"][c]]
+    except OSError as exc:
+        raise InputError(f"not a readable HDF5 file ({exc})", path=path) from None
+    if missing:
+        log.warning("%s: %s missing; using defaults (1 for rates/I0/time, 0 for motors)", path, ", ".join(missing))
+    raw = read_raw(path)
+    raw.attrs = dict(raw.attrs, source_format="xrf_proc layout")
+    raw.validate(str(path))
+    return raw
