@@ -66,8 +66,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .progress import terminal_bar
 
-    run_demo(Path(args.folder))
+    print(run_demo(Path(args.folder), mode=args.mode, progress_factory=terminal_bar))
     return 0
 
 
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="simulate the demo data and process it")
     p.add_argument("folder", nargs="?", default="demo_output")
+    p.add_argument("--mode", choices=["fast", "precise", "engine"], default="fast", help="fit mode of the sample map")
     p.set_defaults(func=cmd_demo)
     return parser
 

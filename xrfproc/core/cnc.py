@@ -86,6 +86,35 @@ class Cnc:
         return {int(z): float(c) * 1e-6 for z, c in zip(self.z, self.conc)}
 
 
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "data" / "cnc"
+
+
+def bundled_cnc(name: str) -> Path:
+    """Path of a reference ``.cnc`` shipped with xrfproc (``"nist613"`` or ``"nist613.cnc"``).
+
+    ``$XRFPROC_CNC_DIR`` is searched first.
+    """
+    import os
+
+    fname = name if name.endswith(".cnc") else name + ".cnc"
+    for folder in (os.environ.get("XRFPROC_CNC_DIR"), BUNDLED_DIR):
+        if folder and (Path(folder) / fname).is_file():
+            return Path(folder) / fname
+    known = ", ".join(sorted(p.stem for p in BUNDLED_DIR.glob("*.cnc")))
+    raise ConfigError(f"no concentration file {fname!r}; bundled ones: {known}")
+
+
+def resolve_cnc(path: str | Path) -> Path:
+    """``path`` if it exists, else the bundled file of that name (a bare name such as ``nist613.cnc``)."""
+    p = Path(path)
+    if p.exists() or p.parent != Path("."):
+        return p
+    try:
+        return bundled_cnc(p.name)
+    except ConfigError:
+        return p
+
+
 def _fields(line: str) -> list[str]:
     return [p.strip() for p in line.rstrip("\r\n").split("\t") if p.strip()] or line.split()
 
@@ -121,7 +150,7 @@ def read_cnc(path: str | Path) -> Cnc:
         Naming the file and line: missing header, non-numeric values, a count that does not match
         the rows, Z outside 1..98, negative concentrations, unknown units.
     """
-    path = Path(path)
+    path = resolve_cnc(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:

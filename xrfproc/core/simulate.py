@@ -309,40 +309,21 @@ def simulate_map(concentrations: Mapping[str, Any], matrix: Mapping[str, float],
 
 # --------------------------------------------------------------------------- reference materials
 def _read_cnc(path: str | Path) -> dict[str, Any]:
-    """Minimal reader of a ``.cnc`` concentration file in ppm (to be replaced by the real ``read_cnc``).
+    """A ppm ``.cnc`` file (:func:`xrfproc.core.cnc.read_cnc`) as the simulator's dict.
 
     Returns
     -------
     dict
         ``name``, ``density`` (g/cm3), ``mass_mg``, ``thickness_um``, ``z`` (int array),
         ``conc`` and ``err`` (ppm arrays).
-
-    Raises
-    ------
-    InputError
-        Unreadable file, wrong structure, or concentrations not in ppm (e.g. ng/mm^2 files).
     """
-    path = Path(path)
-    try:
-        rows = [line.rstrip("\r\n").split("\t") for line in path.read_text(encoding="utf8", errors="replace").splitlines()]
-    except OSError as exc:
-        raise InputError(f"cannot read concentration file: {exc.strerror}", path=path) from None
-    cells = [[c.strip() for c in r] for r in rows]
-    try:
-        name = cells[1][0]
-        density_mg, mass_mg, thick_um = (float(v) for v in cells[3][:3])
-        head = next(i for i, r in enumerate(cells) if r and r[0].lower().startswith("number of elements"))
-        n = int(float(cells[head + 1][0]))
-        units_row = cells[head + 2]
-        data = np.array([[float(v) for v in cells[head + 3 + k][:3]] for k in range(n)], dtype=np.float64)
-    except (IndexError, ValueError, StopIteration):
-        raise InputError("not a concentration (.cnc) file: expected name, density/mass/thickness, "
-                         "'Number of elements', then Z / conc / error rows", path=path) from None
-    unit = units_row[1].split("(")[-1].rstrip(")").strip().lower() if len(units_row) > 1 else ""
-    if unit != "ppm":
-        raise InputError(f"concentrations are in {unit or 'unknown units'!s}, the simulator needs ppm", path=path)
-    return {"name": name, "density": density_mg / 1000.0, "mass_mg": mass_mg, "thickness_um": thick_um,
-            "z": data[:, 0].astype(np.int64), "conc": data[:, 1], "err": data[:, 2]}
+    from .cnc import read_cnc
+
+    cnc = read_cnc(path)
+    if cnc.areal:
+        raise InputError(f"concentrations are in {cnc.unit}, the simulator needs ppm", path=path)
+    return {"name": cnc.name, "density": cnc.density / 1000.0, "mass_mg": cnc.mass, "thickness_um": cnc.thickness,
+            "z": cnc.z.astype(np.int64), "conc": cnc.conc, "err": cnc.err}
 
 
 def simulate_reference(cnc_path: str | Path, shape: tuple[int, int] = (5, 5), *,
@@ -418,14 +399,10 @@ def demo_detectors() -> list[Detector]:
 
 
 def _default_cnc(name: str) -> Path:
-    """Where the reference ``.cnc`` files are: ``$XRFPROC_CNC_DIR`` or the shared reference folder."""
-    import os
+    """A reference ``.cnc`` file shipped with xrfproc (or from ``$XRFPROC_CNC_DIR``)."""
+    from .cnc import bundled_cnc
 
-    for folder in (os.environ.get("XRFPROC_CNC_DIR"), Path(__file__).resolve().parents[3] / "shared" / "reference" / "cnc",
-                   "/work/shared/reference/cnc"):
-        if folder and (Path(folder) / name).is_file():
-            return Path(folder) / name
-    raise InputError(f"reference file {name} not found; set XRFPROC_CNC_DIR or pass cnc=")
+    return bundled_cnc(name)
 
 
 def demo_dataset(folder: str | Path, seed: int = 0, snake: bool = False,
