@@ -407,12 +407,31 @@ def engine_model_inputs(config: Mapping[str, Any], sum_spectrum: np.ndarray, *,
     """
     cfg = copy.deepcopy(dict(config))
     y = np.asarray(sum_spectrum, dtype=np.float64).ravel()
+    # FastXRFLinearFit._fitConfigure's adjustments (no concentrations), applied before one single
+    # configure: PyMca configures up to three times, and configuring is most of the set-up cost
+    fit = cfg.setdefault("fit", {})
+    if weight is None:
+        policy, weight2 = (2, 1) if fit.get("fitweight", 0) else (0, 0)
+    elif weight == 1:
+        policy, weight2 = 1, 1
+    elif weight == 2:
+        policy, weight2 = 2, 1
+    else:
+        policy, weight2 = 0, 0
+    fit["fitweight"] = 1 if policy else 0
+    fit["linearfitflag"] = 1
+    if "concentrations" in cfg and cfg["concentrations"].get("useautotime", 0):
+        cfg["concentrations"]["useautotime"] = 0
+    if fit.get("strategyflag", 0):
+        raise ValueError("Strategies are incompatible with fast fit")
+    if fit.get("stripflag", 0) and fit.get("stripalgorithm", 0) != 1:
+        raise ValueError("Please use the faster SNIP background")
     fitter = _FastXRFLinearFit.FastXRFLinearFit()
     with _stdout_to_log():
-        fitter.setFitConfiguration(cfg)
-        _, config2, weight2, policy, _, _ = fitter._fitConfigure(configuration=None, concentrations=False,
-                                                                  livetime=None, weight=weight, nSpectra=1)
         th = fitter._mcaTheory
+        th.setConfiguration(cfg)
+        config2 = th.getConfiguration()
+        th.enableOptimizedLinearFit()
         x = np.arange(y.size, dtype=np.float64)
         th.setData(x=x, y=y, xmin=config2["fit"]["xmin"], xmax=config2["fit"]["xmax"])
         derivatives, free_names, nfree, nfree_bkg = fitter._fitCreateModel(dtype=np.float64)
