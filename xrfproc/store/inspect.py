@@ -27,20 +27,24 @@ def summarise(path: str | Path, max_depth: int = 4) -> dict[str, Any]:
     with open_read(path) as f:
         tree: list[dict[str, Any]] = []
 
-        def visit(group: h5py.Group, depth: int) -> None:
+        def visit(group: h5py.Group, depth: int, where: str = "") -> None:
             for name in group:
+                full = f"{where}/{name}"
                 obj = group.get(name)
                 if obj is None:
-                    tree.append({"path": f"{group.name.rstrip('/')}/{name}", "kind": "broken link"})
+                    tree.append({"path": full, "kind": "broken link"})
                     continue
-                entry: dict[str, Any] = {"path": obj.name if obj.name else name}
+                entry: dict[str, Any] = {"path": full}
                 link = group.get(name, getlink=True)
                 if isinstance(link, h5py.ExternalLink):
                     entry["link"] = f"{link.filename}:{link.path}"
                 if isinstance(obj, h5py.Dataset):
                     entry.update(kind="dataset", shape=list(obj.shape), dtype=str(obj.dtype))
-                    if obj.dtype.kind == "S" and obj.size <= 64:
-                        entry["value"] = [v.decode("utf8", "replace") for v in np.atleast_1d(obj[()])]
+                    if obj.dtype.kind in "SO" and obj.size <= 64:
+                        entry["value"] = [v.decode("utf8", "replace")[:80] if isinstance(v, bytes) else str(v)[:80]
+                                          for v in np.atleast_1d(obj[()])]
+                    elif obj.shape == () and obj.dtype.kind in "fiu":
+                        entry["value"] = [f"{obj[()]:.6g}"]
                 else:
                     entry["kind"] = "group"
                 units = obj.attrs.get("unit", obj.attrs.get("units"))
@@ -48,7 +52,7 @@ def summarise(path: str | Path, max_depth: int = 4) -> dict[str, Any]:
                     entry["unit"] = units.decode() if isinstance(units, bytes) else str(units)
                 tree.append(entry)
                 if isinstance(obj, h5py.Group) and depth < max_depth:
-                    visit(obj, depth + 1)
+                    visit(obj, depth + 1, full)
 
         visit(f, 1)
         chans = sorted(k for k in f.get("raw", {}) if k.startswith("channel")) if "raw" in f else []
