@@ -15,12 +15,16 @@ from . import store
 from .core import convert as _convert
 from .core.cnc import Cnc, read_cnc, write_cnc
 from .steps.detlim import detlim
+from .steps.imaging import overview_images
 from .steps.normalise import normalise
+from .steps.stats import kmeans, pca
+from .steps.tomo import tomo
 
 log = logging.getLogger(__name__)
 
 __all__ = ["convert", "inspect", "simulate", "simulate_reference", "demo_dataset", "fit", "normalise", "detlim",
-           "read_cnc", "write_cnc", "Cnc", "make_config", "suggest_elements", "converter_kinds"]
+           "read_cnc", "write_cnc", "Cnc", "make_config", "suggest_elements", "converter_kinds",
+           "kmeans", "pca", "overview_images", "tomo"]
 
 
 def converter_kinds() -> list[str]:
