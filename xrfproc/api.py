@@ -17,6 +17,7 @@ from .core.cnc import Cnc, read_cnc, write_cnc
 from .steps.detlim import detlim
 from .steps.imaging import overview_images
 from .steps.normalise import normalise
+from .steps.quant import div_by_cnc, quantify
 from .steps.stats import kmeans, pca
 from .steps.tomo import tomo
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["convert", "inspect", "simulate", "simulate_reference", "demo_dataset", "fit", "normalise", "detlim",
            "read_cnc", "write_cnc", "Cnc", "make_config", "suggest_elements", "converter_kinds",
-           "kmeans", "pca", "overview_images", "tomo"]
+           "kmeans", "pca", "overview_images", "tomo", "quantify", "div_by_cnc"]
 
 
 def converter_kinds() -> list[str]:
