@@ -379,6 +379,8 @@ def write_simulated(path: str | Path, concentrations: Mapping[str, Any] | None =
 
 #: the demo sample's matrix (a silicate) and its trace elements (ppm)
 DEMO_MATRIX = {"O": 0.49, "Si": 0.33, "Al": 0.08, "Ca": 0.05, "K": 0.03, "Na": 0.02}
+DEMO_THICKNESS_UM = 30.0
+DEMO_DENSITY = 2.6
 
 
 def demo_phantom(rows: int = 30, cols: int = 40) -> dict[str, np.ndarray]:
@@ -430,8 +432,8 @@ def demo_dataset(folder: str | Path, seed: int = 0, snake: bool = False,
     cnc = Path(cnc) if cnc is not None else _default_cnc("nist613.cnc")
     common = {"energy_keV": 18.0, "detectors": demo_detectors(), "seed": seed}
     pattern = ScanPattern(kind="snake" if snake else "raster", lag=0.5 if snake else 0.0, dwell_s=0.1)
-    sample = write_simulated(folder / "demo_sample.h5", demo_phantom(), DEMO_MATRIX, thickness_um=30.0,
-                             density=2.6, pixel_um=2.0, pattern=pattern, **common)
+    sample = write_simulated(folder / "demo_sample.h5", demo_phantom(), DEMO_MATRIX, thickness_um=DEMO_THICKNESS_UM,
+                             density=DEMO_DENSITY, pixel_um=2.0, pattern=pattern, **common)
     # an attenuated beam on the thick glass keeps its dead time moderate (about 20 %)
     ref = write_simulated(folder / "demo_nist613.h5", cnc=cnc, pixel_um=10.0, beam=Beam(flux=2e10),
                           pattern=ScanPattern(dwell_s=0.1), **{**common, "seed": seed + 1})
