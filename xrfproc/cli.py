@@ -3,6 +3,11 @@
     xrfproc inspect FILE.h5
     xrfproc convert SOURCE [SOURCE ...] [-o OUT] [--kind KIND] [--option key=value ...]
     xrfproc simulate OUT.h5 [--rows R --cols C ...]
+    xrfproc suggest FILE.h5 --energy 18 / xrfproc config FILE.h5 Fe Cu Zn --energy 18
+    xrfproc fit FILE.h5 CFG [--mode fast|precise|engine]
+    xrfproc normalise FILE.h5 [--I0norm 1e6 --snake ...]
+    xrfproc detlim REF.h5 nist613 / xrfproc quantify FILE.h5 REF.h5 [--matrix M.cnc]
+    xrfproc image FILE.h5 [norm|quant|...] [--pixel-um 2 --scale-um 20]
     xrfproc demo [FOLDER]
 
 User mistakes print one line (``xrfproc: error: <file>:<dataset>: <what was expected>``) and exit with
@@ -64,6 +69,61 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_summary(summary: object) -> None:
+    print(json.dumps(summary, indent=1, default=str))
+
+
+def _with_bar(description: str, func, *args, **kwargs):  # type: ignore[no-untyped-def]
+    from .progress import terminal_bar
+
+    with terminal_bar(description) as bar:
+        return func(*args, progress=bar, **kwargs)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    configs = args.config if len(args.config) > 1 else args.config[0]
+    _print_summary(_with_bar(f"fit ({args.mode})", api.fit, args.file, configs, channel=args.channel, mode=args.mode,
+                             **_options(args.option)))
+    return 0
+
+
+def cmd_normalise(args: argparse.Namespace) -> int:
+    _print_summary(api.normalise(args.file, I0norm=args.I0norm, snake=args.snake, sort=args.sort, tmnorm=args.tmnorm,
+                                 timetriggered=args.timetriggered, halfpixshift=not args.no_halfpixshift,
+                                 method=args.method, **_options(args.option)))
+    return 0
+
+
+def cmd_detlim(args: argparse.Namespace) -> int:
+    _print_summary(api.detlim(args.file, args.cnc, **_options(args.option)))
+    return 0
+
+
+def cmd_quantify(args: argparse.Namespace) -> int:
+    absorb = (args.absorb.split(","), args.absorb_matrix) if args.absorb else None
+    _print_summary(api.quantify(args.file, args.references, channel=args.channel, norm=args.norm, absorb=absorb,
+                                matrix=args.matrix, **_options(args.option)))
+    return 0
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    for path in api.overview_images(args.file, args.datadir, ncols=args.cols, pix_size_um=args.pixel_um,
+                                    scale_bar_um=args.scale_um, log=args.log, channel=args.channel,
+                                    **_options(args.option)):
+        print(path)
+    return 0
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    print(" ".join(api.suggest_elements(args.file, args.energy, channel=args.channel)))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(api.make_config(args.file, args.elements, args.energy, **_options(args.option)))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
     from .progress import terminal_bar
@@ -100,6 +160,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_simulate)
 
+    p = sub.add_parser("suggest", help="elements found in the sum spectrum")
+    p.add_argument("file")
+    p.add_argument("--energy", type=float, required=True, help="excitation energy (keV)")
+    p.add_argument("--channel")
+    p.set_defaults(func=cmd_suggest)
+
+    p = sub.add_parser("config", help="write a PyMca fit configuration for the given elements")
+    p.add_argument("file")
+    p.add_argument("elements", nargs="+", help="element symbols")
+    p.add_argument("--energy", type=float, required=True, help="excitation energy (keV)")
+    p.add_argument("--option", "-O", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("fit", help="fit every pixel's spectrum")
+    p.add_argument("file")
+    p.add_argument("config", nargs="+", help="PyMca .cfg (one for all channels, or one per channel)")
+    p.add_argument("--mode", choices=["fast", "precise", "engine"], default="fast")
+    p.add_argument("--channel")
+    p.add_argument("--option", "-O", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("normalise", help="normalise fitted intensities (I0, time, regridding)")
+    p.add_argument("file")
+    p.add_argument("--I0norm", type=float)
+    p.add_argument("--snake", action="store_true")
+    p.add_argument("--sort", action="store_true")
+    p.add_argument("--tmnorm", action="store_true")
+    p.add_argument("--timetriggered", action="store_const", const=True, default=None)
+    p.add_argument("--no-halfpixshift", action="store_true")
+    p.add_argument("--method", choices=["nearest", "linear", "cubic"], default="nearest")
+    p.add_argument("--option", "-O", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_normalise)
+
+    p = sub.add_parser("detlim", help="detection limits and elemental yields of a reference measurement")
+    p.add_argument("file")
+    p.add_argument("cnc", help="concentration file (or the name of a bundled one, e.g. nist613)")
+    p.add_argument("--option", "-O", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_detlim)
+
+    p = sub.add_parser("quantify", help="quantify against reference measurements")
+    p.add_argument("file")
+    p.add_argument("references", nargs="+")
+    p.add_argument("--channel")
+    p.add_argument("--norm", help="normalise yields and maps by this signal (Compt, Rayl, 'Fe K')")
+    p.add_argument("--matrix", help="the sample's matrix composition (.cnc): results in ppm")
+    p.add_argument("--absorb", help="element(s) for self-absorption correction, e.g. Fe")
+    p.add_argument("--absorb-matrix", help="matrix .cnc for the self-absorption correction")
+    p.add_argument("--option", "-O", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_quantify)
+
+    p = sub.add_parser("image", help="overview images of a group (norm, quant, fit, kmeans, PCA, tomo)")
+    p.add_argument("file")
+    p.add_argument("datadir", nargs="?", default="norm")
+    p.add_argument("--cols", type=int, default=4)
+    p.add_argument("--pixel-um", type=float, default=1.0)
+    p.add_argument("--scale-um", type=float)
+    p.add_argument("--log", action="store_true")
+    p.add_argument("--channel")
+    p.add_argument("--option", "-O", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_image)
+
     p = sub.add_parser("demo", help="simulate the demo data and process it")
     p.add_argument("folder", nargs="?", default="demo_output")
     p.add_argument("--mode", choices=["fast", "precise", "engine"], default="fast", help="fit mode of the sample map")
@@ -120,6 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xrfproc: interrupted; files are unchanged", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
