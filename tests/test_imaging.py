@@ -170,3 +170,20 @@ def test_plot_detlim_and_sumspec_open(tmp_path):
     assert len(fig.axes) == 2
     assert {"Fe Ka", "Fe Kb"} <= {t.get_text() for t in fig.axes[0].texts}
     assert mpimg.imread(tmp_path / "s.png").shape[:2] == (750, 1350)
+
+
+def test_correlation_plot_step(tmp_path):
+    import xrfproc
+    from xrfproc import store
+
+    path = xrfproc.simulate(tmp_path / "c.h5", rows=6, cols=7, seed=2)
+    rng = np.random.default_rng(0)
+    base = rng.uniform(1, 10, (6, 7))
+    with store.transaction(path, "normalise", replace=["norm"]) as tx:
+        g = tx.group("norm/channel00")
+        store.write_array(g, "ims", np.stack([base, 2 * base + 1, rng.uniform(1, 2, (6, 7)), np.zeros((6, 7))]))
+        store.write_array(g, "names", ["Fe K", "Zn K", "Sr K", "Sr L"])
+    out = xrfproc.correlation_plot(path, "norm")
+    assert out.exists() and out.stat().st_size > 10_000
+    with pytest.raises(xrfproc.InputError, match="Pb not among the lines"):
+        xrfproc.correlation_plot(path, "norm", elements=["Fe", "Pb"])

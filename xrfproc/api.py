@@ -15,7 +15,7 @@ from . import store
 from .core import convert as _convert
 from .core.cnc import Cnc, read_cnc, write_cnc
 from .steps.detlim import detlim
-from .steps.imaging import overview_images
+from .steps.imaging import correlation_plot, overview_images
 from .steps.normalise import normalise
 from .steps.quant import div_by_cnc, quantify
 from .steps.stats import kmeans, pca
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["convert", "inspect", "simulate", "simulate_reference", "demo_dataset", "fit", "normalise", "detlim",
            "read_cnc", "write_cnc", "Cnc", "make_config", "suggest_elements", "converter_kinds",
-           "kmeans", "pca", "overview_images", "tomo", "quantify", "div_by_cnc"]
+           "kmeans", "pca", "overview_images", "tomo", "quantify", "div_by_cnc", "correlation_plot"]
 
 
 def converter_kinds() -> list[str]:

@@ -137,3 +137,51 @@ def _write_tiffs(folder: Path, prefix: str, stack: np.ndarray, names: Sequence[s
 
 
 __all__ = ["overview_images"]
+
+
+def correlation_plot(h5file: str | Path, datadir: str = "norm", channel: str | None = None,
+                     elements: Sequence[str] | None = None, out: str | Path | None = None) -> Path:
+    """Correlation matrix plot (:func:`xrfproc.core.plots.plot_correl`) of the lines of one channel.
+
+    Parameters
+    ----------
+    datadir : str
+        Group holding ``channelXX/{ims, names}`` (``norm``, ``quant``, ``fit``, ``tomo``).
+    channel : str, optional
+        Default the first channel of ``datadir``.
+    elements : list of str, optional
+        Line names (``"Fe K"``) or element symbols (``"Fe"``: all its lines); default every line
+        except the scatter peaks.
+    out : path, optional
+        PNG to write; default ``<file stem>_<datadir>_<channel>_correlation.png`` next to the file.
+
+    Returns
+    -------
+    Path
+        The PNG written.
+    """
+    from ..core.plots import plot_correl
+
+    path = Path(h5file)
+    with store.open_read(path) as f:
+        ch = channel or (store.channels(f, datadir) or [None])[0]
+        if ch is None:
+            raise LayoutError(f"no channelXX in {datadir}/", path=path, dataset=datadir)
+        stack, names, discrete, _ = _panels(f, datadir, ch)
+    if discrete:
+        raise InputError(f"{datadir} holds cluster labels, not intensities: nothing to correlate", path=path)
+    if elements:
+        wanted = [i for i, n in enumerate(names) if n in elements or n.split()[0] in elements]
+        missing = [e for e in elements if not any(n == e or n.split()[0] == e for n in names)]
+        if missing:
+            raise InputError(f"{', '.join(missing)} not among the lines of {datadir}/{ch}: {', '.join(names)}",
+                             path=path)
+    else:  # every line that varies, scatter peaks left out
+        wanted = [i for i, n in enumerate(names)
+                  if n not in ("Rayl", "Compt") and np.isfinite(stack[i]).any() and np.nanstd(stack[i]) > 0]
+    if len(wanted) < 2:
+        raise InputError(f"a correlation plot needs at least two lines, {datadir}/{ch} gives {len(wanted)}", path=path)
+    out = Path(out) if out is not None else path.with_name(f"{path.stem}_{_safe(datadir)}_{ch}_correlation.png")
+    data = np.moveaxis(stack[wanted], 0, -1)
+    plot_correl(data, [names[i] for i in wanted], save=out)
+    return out
