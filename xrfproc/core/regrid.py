@@ -128,15 +128,16 @@ def half_pixel_shift(mot2: np.ndarray, step: float) -> np.ndarray:
 def regular_axes(mot1: np.ndarray, mot2: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Regular axis vectors ``(slow (rows,), fast (cols,))`` spanning the measured positions.
 
-    The fast axis runs from the median over rows of each row's smallest position to the median of
-    the largest, so one overshooting row does not stretch the grid.
+    The fast axis runs from the mean over rows of each row's smallest position to the mean of the
+    largest: for a snake scan whose positions were shifted half a point along each row's motion, the
+    forward and backward rows' shifts cancel and the axis stays on the commanded grid.
     """
     rows, cols = shape
     m1 = np.asarray(mot1, dtype=np.float64).reshape(-1)
     m2 = np.asarray(mot2, dtype=np.float64)
     m2rows = m2 if m2.ndim == 2 else m2.reshape(1, -1)
-    lo = float(np.nanmedian(np.nanmin(m2rows, axis=1)))
-    hi = float(np.nanmedian(np.nanmax(m2rows, axis=1)))
+    lo = float(np.nanmean(np.nanmin(m2rows, axis=1)))
+    hi = float(np.nanmean(np.nanmax(m2rows, axis=1)))
     fast = np.linspace(lo, hi, cols) if cols > 1 else np.array([0.5 * (lo + hi)])
     if rows > 1:
         slow = np.linspace(np.nanmin(m1), np.nanmax(m1), rows)
@@ -162,7 +163,9 @@ def regrid(values: np.ndarray, mot1: np.ndarray, mot2: np.ndarray, slow: np.ndar
     Returns
     -------
     ndarray, shape (lines, rows, cols)
-        NaN where linear/cubic interpolation has no data around a grid point.
+        Grid points outside the points' convex hull (where linear/cubic interpolation has no data
+        around them, e.g. the corners of a snake scan whose rows were shifted) take the nearest
+        point's value.
     """
     if method not in ("nearest", "linear", "cubic"):
         raise InputError(f"regridding method must be 'nearest', 'linear' or 'cubic', got {method!r}")
@@ -194,7 +197,12 @@ def regrid(values: np.ndarray, mot1: np.ndarray, mot2: np.ndarray, slow: np.ndar
                 pick = np.where(np.abs(target - left) <= np.abs(right - target), idx - 1, idx)
                 out[i] = v[pick] if len(order) > 1 else v[0]
             else:
-                out[i] = np.interp(target, coord[order], v, left=np.nan, right=np.nan)
+                out[i] = np.interp(target, coord[order], v)  # ends take the end values
         return out.reshape(nlines, len(slow), len(fast))
-    res = griddata(np.column_stack([y[keep] / dy, x[keep] / dx]), pts_vals[keep], (gy, gx), method=method)
+    coords = np.column_stack([y[keep] / dy, x[keep] / dx])
+    res = griddata(coords, pts_vals[keep], (gy, gx), method=method)
+    if method != "nearest":
+        holes = ~np.all(np.isfinite(res), axis=-1)
+        if holes.any():
+            res[holes] = griddata(coords, pts_vals[keep], (gy[holes], gx[holes]), method="nearest")
     return np.moveaxis(res, -1, 0)

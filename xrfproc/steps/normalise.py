@@ -26,7 +26,7 @@ def _positions(f: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
 
 def normalise(h5file: str | Path, I0norm: float | None = None, snake: bool = False, sort: bool = False,
               timetriggered: bool | None = None, tmnorm: bool = False, halfpixshift: bool = True,
-              method: str = "nearest", dims: tuple[int, int] | None = None, datadir: str = "fit",
+              method: str = "linear", dims: tuple[int, int] | None = None, datadir: str = "fit",
               progress: ProgressCallback | None = None) -> dict[str, Any]:
     """Normalise the fitted intensities of every channel and write ``norm/``.
 
@@ -47,8 +47,10 @@ def normalise(h5file: str | Path, I0norm: float | None = None, snake: bool = Fal
     halfpixshift : bool
         With ``snake``: move each recorded position half a point along its row's motion (recorded
         positions mark the start of each point's integration).
-    method : {"nearest", "linear", "cubic"}
-        Interpolation for regridding.
+    method : {"linear", "nearest", "cubic"}
+        Interpolation for regridding. ``linear`` (default) puts the half-pixel shifted points of
+        a snake scan's forward and backward rows back on the grid between them; ``nearest`` (the
+        original tool's choice) keeps measured values but cannot resolve half-pixel shifts.
     dims : (rows, cols), optional
         The target grid of a time-triggered scan when the scan command does not give it.
 
@@ -65,7 +67,7 @@ def normalise(h5file: str | Path, I0norm: float | None = None, snake: bool = Fal
             raise LayoutError(f"no channelXX in {datadir}/ (run the fit step first)", path=path, dataset=datadir)
         if "deadtime_corrected" not in src.attrs:
             log.info("%s/ has no dead-time flag: assuming the fit step corrected dead time, as xrf_proc did", datadir)
-        I0 = np.asarray(store.require(f, "raw/I0")[()], dtype=np.float64)
+        I0 = np.asarray(store.read_dataset(store.require(f, "raw/I0"), path, "raw/I0"), dtype=np.float64)
         t = f["raw/acquisition_time"][()] if "raw/acquisition_time" in f else None
         cmd = f["cmd"][()] if "cmd" in f else b""
         cmd = cmd.decode("utf8", "replace") if isinstance(cmd, bytes) else str(cmd)
@@ -73,8 +75,9 @@ def normalise(h5file: str | Path, I0norm: float | None = None, snake: bool = Fal
         data = {}
         for c in chans:
             g = src[c]
-            ims = np.asarray(store.require(g, "ims")[()], dtype=np.float64)
-            std = np.asarray(g["stddev"][()], dtype=np.float64) if "stddev" in g else None
+            ims = np.asarray(store.read_dataset(store.require(g, "ims"), path, f"{datadir}/{c}/ims"), dtype=np.float64)
+            std = (np.asarray(store.read_dataset(g["stddev"], path, f"{datadir}/{c}/stddev"), dtype=np.float64)
+                   if "stddev" in g else None)
             names = store.decode_names(store.require(g, "names")[()])
             sums = (np.asarray(g["sum/int"][()]), np.asarray(g["sum/bkg"][()])) if "sum/int" in g and "sum/bkg" in g else None
             data[c] = (ims, std, names, sums)
