@@ -1,30 +1,45 @@
 """The fit step: ``raw/channelXX/spectra`` -> ``fit/channelXX/{cfg, ims, names, sum/int, sum/bkg, stddev, chi2}``.
 
-Everything is checked (configurations, channels, spectra) and computed before the file is opened
-for writing; the results of all channels are then written in one transaction, so a failure at any
-point leaves the file as it was.
+Everything is checked (configurations, channels) before any work. The map is split into blocks of
+whole rows; each block is a task (:func:`fit_rows`) that reads its spectra from the file itself and
+runs wherever the scheduler says (this process, local threads/processes, a Dask cluster:
+:mod:`xrfproc.scheduler`). The calling process alone saves each completed block in a partial-results
+folder (:mod:`xrfproc.store.blocks`, which makes ``resume=True`` possible after a kill) and finally
+streams them, dead-time corrected, into chunked datasets in one transaction: the old ``fit/``
+stays intact until the new one is complete, and memory is bounded by the block size.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import h5py
 import numpy as np
 
 from .. import store
 from ..core import fit as core_fit
 from ..core import fitconfig
 from ..core.normalise import deadtime_factor
-from ..errors import ConfigError, InputError, LayoutError
+from ..errors import ConfigError, InputError, LayoutError, XrfError
 from ..progress import ProgressCallback, report
+from ..scheduler import get_runner
+from ..store import blocks as blocks_store
 
 log = logging.getLogger(__name__)
 
 MODES = ("fast", "precise", "engine")
 #: spectra per block read from the file in fast / engine mode
 BLOCK_SPECTRA = 8192
+#: spectra per block in precise mode (a full fit per spectrum: small tasks spread better)
+PRECISE_BLOCK_SPECTRA = 256
+#: result maps (ims + stddev + chi2) above this many bytes go to a linked bulk file
+INLINE_BYTES = 64 << 20
 
 
 # --------------------------------------------------------------------------- engine hook
@@ -102,12 +117,109 @@ def _configs_per_channel(config: Any, all_channels: list[str], chans: list[str],
     raise ConfigError(f"config must be a .cfg path, a list or a dict of them, got {type(config).__name__}", path=path)
 
 
+# --------------------------------------------------------------------------- worker side
+_CACHE: "OrderedDict[tuple, dict[str, Any]]" = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+
+
+def _worker_state(cfg_text: str, mode: str, nbins: int, sumspec: np.ndarray, npix: int,
+                  weight: int | None, group_names: Sequence[str]) -> dict[str, Any]:
+    """Parsed configuration and engine model, built once per process (or worker) and map."""
+    key = (hashlib.sha256(cfg_text.encode()).hexdigest(), mode, nbins, hashlib.sha256(sumspec.tobytes()).hexdigest(),
+           npix, weight, tuple(group_names))
+    with _CACHE_LOCK:
+        state = _CACHE.get(key)
+        if state is None:
+            cfg = fitconfig.config_from_text(cfg_text, mode=mode, nbins=nbins)
+            state = {"config": cfg.config, "group_names": list(group_names)}
+            _CACHE[key] = state
+            while len(_CACHE) > 4:
+                _CACHE.popitem(last=False)
+        _CACHE.move_to_end(key)
+    return state
+
+
+def fit_rows(path: str, channel: str, rows: tuple[int, int], mode: str, cfg_text: str, sumspec: np.ndarray,
+             group_names: Sequence[str], npix: int, weight: int | None = None, refit: bool = True,
+             chi2: bool = True, options: Mapping[str, Any] | None = None, delay: float = 0.0) -> dict[str, Any]:
+    """Fit the rows ``rows`` of ``raw/<channel>/spectra``: the task every scheduler runs.
+
+    Reads its block from the file itself (workers only need the path on a shared file system).
+    Returns ``names`` (str array), ``areas``/``sigma`` ``(nlines, n)``, ``chi2``/``failed`` ``(n,)`` and
+    ``invalid`` (spectra with non-finite counts), all without dead-time correction.
+    """
+    with store.open_read(path) as f:
+        ds = store.require(f, f"raw/{channel}/spectra")
+        block = ds[()][None] if ds.ndim == 1 else ds[rows[0]:rows[1]]
+    nbins = block.shape[-1]
+    flat = np.asarray(block).reshape(-1, nbins)
+    where = f"raw/{channel}/spectra"
+    invalid = int((~np.isfinite(flat).all(axis=1)).sum()) if flat.dtype.kind == "f" else 0
+    state = _worker_state(cfg_text, mode, nbins, sumspec, npix, weight, group_names)
+    if mode == "fast":
+        res = core_fit.fast_fit_block(flat, state["config"], sumspec, weight=weight, refit=refit, with_chi2=chi2,
+                                      where=where)
+    elif mode == "engine":
+        res = _engine_block(flat, state["config"], sumspec, state=state, nspectra=npix, weight=weight,
+                            **dict(options or {}))
+    else:
+        res = core_fit.precise_fit_block(flat, cfg_text, scheduler="sync", where=where)
+    if delay:
+        time.sleep(delay)
+    return {"names": np.array(res.names, dtype=str), "areas": np.asarray(res.areas, dtype=np.float64),
+            "sigma": np.asarray(res.sigma, dtype=np.float64), "chi2": np.asarray(res.chi2, dtype=np.float64),
+            "failed": np.asarray(res.failed, dtype=bool), "invalid": np.array(invalid)}
+
+
 # --------------------------------------------------------------------------- the step
+@dataclass
+class _Plan:
+    """One channel's work: sum spectrum, sum fit and the blocks of rows."""
+
+    channel: str
+    grid: tuple[int, ...]
+    nbins: int
+    npix: int
+    per_row: int
+    rows_per_block: int
+    blocks: list[tuple[int, int]]
+    sumspec: np.ndarray
+    sumfit: core_fit.SumFit
+    icr: np.ndarray
+    ocr: np.ndarray
+
+
+def _plan_channel(path: Path, c: str, shape: tuple[int, ...], cfg: fitconfig.FitConfig, per_block: int) -> _Plan:
+    grid, nbins = tuple(shape[:-1]), int(shape[-1])
+    npix = int(np.prod(grid))
+    with store.open_read(path) as f:
+        g = f[f"raw/{c}"]
+        icr = np.asarray(g["icr"][()], dtype=np.float64) if "icr" in g else np.ones(grid)
+        ocr = np.asarray(g["ocr"][()], dtype=np.float64) if "ocr" in g else np.ones(grid)
+        sumspec = np.asarray(g["sumspec"][()], dtype=np.float64) if "sumspec" in g else None
+    if sumspec is None or sumspec.shape != (nbins,):
+        sumspec = np.zeros(nbins)
+        for _, block in store.iter_spectra_blocks(path, c):
+            sumspec += np.nansum(np.asarray(block, dtype=np.float64).reshape(-1, nbins), axis=0)
+    sumfit = core_fit.fit_sum_spectrum(sumspec, cfg.config, where=f"raw/{c}/sumspec")
+    nrows = grid[0] if grid else 1
+    per_row = int(np.prod(grid[1:])) if len(grid) > 1 else 1
+    rpb = max(1, per_block // per_row)
+    blocks = [(s, min(nrows, s + rpb)) for s in range(0, nrows, rpb)]
+    return _Plan(c, grid, nbins, npix, per_row, rpb, blocks, sumspec, sumfit, icr.reshape(grid or (1,)),
+                 ocr.reshape(grid or (1,)))
+
+
 def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast", *,
         progress: ProgressCallback | None = None, weight: int | None = None, refit: bool = True,
-        deadtime: bool = True, chi2: bool = True, n_workers: int | None = None, scheduler: str = "processes",
-        block_spectra: int = BLOCK_SPECTRA, **options: Any) -> dict[str, Any]:
+        deadtime: bool = True, chi2: bool = True, n_workers: int | None = None, scheduler: Any = None,
+        block_spectra: int | None = None, resume: bool = False, inline_limit: int = INLINE_BYTES,
+        block_delay: float = 0.0, **options: Any) -> dict[str, Any]:
     """Fit the spectra of every (or the chosen) detector channel and write ``fit/``.
+
+    The spectra are read in blocks of rows by the workers themselves, each block's results are
+    kept in ``<file>.d/partial-fit-<key>/`` as it completes, and the results are written block by
+    block into chunked datasets: memory is bounded by the block size, not the map size.
 
     Parameters
     ----------
@@ -121,9 +233,9 @@ def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast"
         ``fit/channelXX`` groups are replaced; fitting all replaces ``fit/`` as a whole.
     mode : {"fast", "precise", "engine"}
         ``fast``: PyMca's FastXRFLinearFit (SNIP background required); ``precise``: a full PyMca
-        fit of every pixel over all cores; ``engine``: xrfproc's own fit engine.
+        fit of every pixel; ``engine``: xrfproc's own fit engine.
     progress : callable(done, total, message), optional
-        Progress in spectra fitted over all channels.
+        Progress in spectra fitted over all channels (as blocks complete, on any scheduler).
     weight, refit
         Fast mode: PyMca's weight policy (None: as the configuration says) and refit of negative areas.
     deadtime : bool
@@ -131,10 +243,21 @@ def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast"
         pixels with OCR 0 are missing (NaN) and counted.
     chi2 : bool
         Fast mode: compute the reduced chi-square map (builds PyMca's model; a little slower).
-    n_workers, scheduler
-        Precise mode: worker processes (default all cores) and Dask scheduler.
-    block_spectra : int
-        Spectra read and fitted per block (fast / engine).
+    n_workers : int, optional
+        Local threads/processes (default all cores).
+    scheduler : None, "sync", "threads", "processes", "tcp://host:port" or distributed.Client
+        Where the blocks are fitted (:mod:`xrfproc.scheduler`); None: ``$XRFPROC_SCHEDULER``, else
+        this process for fast/engine (their kernels use every core) and local processes for precise.
+    block_spectra : int, optional
+        Spectra per block (whole rows; default 8192, 256 in precise mode). Part of the resume key.
+    resume : bool
+        Continue an interrupted run from its completed blocks (same file, configuration, mode,
+        options and block size); the result equals that of an uninterrupted run.
+    inline_limit : int
+        Result maps above this many bytes go to a bulk file ``<file>.d/fit-*.h5`` linked from
+        ``fit/channelXX/{ims,stddev,chi2}`` (external links, read like any dataset).
+    block_delay : float
+        Seconds of sleep per block (tests of interrupted and distributed runs only).
     **options
         Passed to the engine (``mode="engine"``).
 
@@ -142,7 +265,9 @@ def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast"
     -------
     dict
         ``{"file", "mode", "channels": {name: {"names", "shape", "lines": {line: {min, median, max}},
-        "failed", "invalid", "deadtime_missing", "chi2_median", "sum_int", "warnings"}}, "seconds"}``.
+        "failed", "invalid", "deadtime_missing", "chi2_median", "sum_int", "warnings"}}, "seconds",
+        "blocks", "blocks_resumed", "ran_on"}``. Medians are exact up to 131072 pixels, else of a
+        regular sample of that many.
 
     Raises
     ------
@@ -150,7 +275,8 @@ def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast"
         Missing/unreadable configuration, missing sections, a non-SNIP background in fast mode,
         a configuration for another channel count; nothing is written.
     InputError
-        Unknown channel, empty map, negative counts, spectra of the wrong shape; nothing is written.
+        Unknown channel, empty map, negative counts, spectra of the wrong shape, an unreachable
+        scheduler; nothing is written.
     """
     t0 = time.perf_counter()
     path = Path(h5file)
@@ -171,145 +297,152 @@ def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast"
             shapes[c] = tuple(ds.shape)
     cfg_paths = _configs_per_channel(config, all_channels, chans, path)
     cfgs = {c: fitconfig.read_config(cfg_paths[c], mode=mode, nbins=shapes[c][-1]) for c in chans}
+    per_block = int(block_spectra or (PRECISE_BLOCK_SPECTRA if mode == "precise" else BLOCK_SPECTRA))
+    if per_block < 1:
+        raise InputError(f"block_spectra must be >= 1, got {block_spectra}", path=path)
+    plans = {c: _plan_channel(path, c, shapes[c], cfgs[c], per_block) for c in chans}
 
-    total = sum(int(np.prod(shapes[c][:-1])) for c in chans)
-    done_before = 0
-    results: dict[str, core_fit.ChannelFit] = {}
-    for c in chans:
-        results[c] = _fit_channel(path, c, shapes[c], cfgs[c], mode, progress=progress, done_before=done_before,
-                                  total=total, weight=weight, refit=refit, deadtime=deadtime, chi2=chi2,
-                                  n_workers=n_workers, scheduler=scheduler, block_spectra=block_spectra,
-                                  options=options)
-        done_before += int(np.prod(shapes[c][:-1]))
+    key_doc = {"format": 1, "mode": mode, "weight": weight, "refit": refit, "chi2": bool(chi2),
+               "options": options if mode == "engine" else {}, "block_spectra": per_block,
+               "channels": {c: {"cfg": hashlib.sha256(cfgs[c].text.encode()).hexdigest(),
+                                "raw": blocks_store.raw_identity(path, f"raw/{c}/spectra")} for c in chans}}
+    key = blocks_store.result_key(key_doc)
+    partial = blocks_store.PartialResults(path, "fit", key, meta={"file": path.name, **key_doc}, resume=resume)
+    total = sum(p.npix for p in plans.values())
+    todo: list[tuple[str, int]] = []
+    done_pix = 0
+    resumed = 0
+    for c, p in plans.items():
+        have = partial.completed(c) if resume else set()
+        for b, (r0, r1) in enumerate(p.blocks):
+            if b in have:
+                resumed += 1
+                done_pix += min(p.npix, (r1 - r0) * p.per_row)
+            else:
+                todo.append((c, b))
+    if resumed:
+        log.info("%s: resuming the fit: %d of %d blocks done before", path, resumed, resumed + len(todo))
+        report(progress, done_pix, total, f"resumed {resumed} blocks")
 
-    replace = ["fit"] if set(chans) == set(all_channels) else [f"fit/{c}" for c in chans]
-    params = {"mode": mode, "config": {c: str(cfg_paths[c]) for c in chans}, "channels": chans, "weight": weight,
-              "refit": refit, "deadtime": deadtime, **{k: v for k, v in options.items()}}
-    inputs = [str(cfg_paths[c]) for c in chans] + [f"raw/{c}/spectra" for c in chans]
-    with store.transaction(path, "fit", replace=replace, params=params, inputs=inputs) as tx:
-        for c in chans:
-            r = results[c]
-            g = tx.group(f"fit/{c}")
-            store.write_array(g, "cfg", str(cfg_paths[c]))
-            store.write_array(g, "cfg_text", cfgs[c].text)
-            store.write_array(g, "ims", r.ims)
-            store.write_array(g, "names", r.names)
-            store.write_array(g, "stddev", r.stddev)
-            store.write_array(g, "chi2", r.chi2)
-            sg = g.create_group("sum")
-            store.write_array(sg, "int", r.sum.int)
-            store.write_array(sg, "bkg", r.sum.bkg)
-            store.write_array(sg, "stddev", r.sum.sigma)
-            sg.attrs["chisq"] = r.sum.chisq
-            sg.attrs["calibration_keV"] = np.asarray(r.sum.calibration)
-            g.attrs["mode"] = mode
-            g.attrs["deadtime_corrected"] = int(bool(deadtime))
-            g.attrs["failed_pixels"] = r.failed
-            g.attrs["units"] = "counts (fitted peak areas)"
-        if replace == ["fit"]:
-            tx.file["fit"].attrs["deadtime_corrected"] = int(bool(deadtime))
-        elif "fit" in tx.file:
-            tx.file["fit"].attrs["deadtime_corrected"] = int(bool(deadtime))
-    summary = {"file": str(path), "mode": mode, "seconds": time.perf_counter() - t0, "channels": {}}
-    for c in chans:
-        r = results[c]
-        finite_chi2 = r.chi2[np.isfinite(r.chi2)]
-        summary["channels"][c] = {
-            "names": r.names, "shape": list(r.ims.shape), "lines": core_fit.line_stats(r.ims, r.names),
-            "failed": r.failed, "invalid": r.invalid, "deadtime_missing": r.deadtime_missing,
-            "chi2_median": float(np.median(finite_chi2)) if finite_chi2.size else float("nan"),
-            "sum_int": dict(zip(r.names, map(float, r.sum.int))), "warnings": list(r.warnings),
-        }
+    def args(item: tuple[str, int]) -> tuple:
+        c, b = item
+        p = plans[c]
+        return (str(path.resolve()), c, p.blocks[b], mode, cfgs[c].text, p.sumspec, p.sumfit.names, p.npix, weight,
+                refit, chi2, options if mode == "engine" else {}, block_delay)
+
+    runner = get_runner(scheduler, n_workers, default="processes" if mode == "precise" else "sync")
+    try:
+        with runner:
+            for i, res in runner.map_unordered(fit_rows, (args(t) for t in todo)):
+                c, b = todo[i]
+                partial.save(c, b, res)
+                done_pix += int(res["chi2"].size)
+                report(progress, done_pix, total, f"{c}: {mode} fit")
+    except XrfError:
+        partial.discard()  # bad data or configuration: deterministic, nothing to resume
+        raise
+    ran_on = runner.describe()
+    summary = _write(path, plans, cfgs, cfg_paths, chans, all_channels, partial, mode=mode, weight=weight,
+                     refit=refit, deadtime=deadtime, options=options, ran_on=ran_on, inline_limit=inline_limit)
+    partial.discard()
+    summary.update(seconds=time.perf_counter() - t0, blocks=resumed + len(todo), blocks_resumed=resumed,
+                   ran_on=ran_on)
     report(progress, total, total, "fit written")
     return summary
 
 
-def _fit_channel(path: Path, c: str, shape: tuple[int, ...], cfg: fitconfig.FitConfig, mode: str, *,
-                 progress: ProgressCallback | None, done_before: int, total: int, weight: int | None, refit: bool,
-                 deadtime: bool, chi2: bool, n_workers: int | None, scheduler: str, block_spectra: int,
-                 options: Mapping[str, Any]) -> core_fit.ChannelFit:
-    """Fit one channel (reads the file, writes nothing)."""
-    grid = shape[:-1]
-    nbins = shape[-1]
-    npix = int(np.prod(grid))
-    where = f"raw/{c}/spectra"
-    warnings = list(cfg.warnings)
-    with store.open_read(path) as f:
-        g = f[f"raw/{c}"]
-        icr = np.asarray(g["icr"][()], dtype=np.float64) if "icr" in g else np.ones(grid)
-        ocr = np.asarray(g["ocr"][()], dtype=np.float64) if "ocr" in g else np.ones(grid)
-        sumspec = np.asarray(g["sumspec"][()], dtype=np.float64) if "sumspec" in g else None
-    if sumspec is None or sumspec.shape != (nbins,):
-        sumspec = np.zeros(nbins)
-        for _, block in store.iter_spectra_blocks(path, c):
-            sumspec += np.nansum(np.asarray(block, dtype=np.float64).reshape(-1, nbins), axis=0)
-    sumfit = core_fit.fit_sum_spectrum(sumspec, cfg.config, where=f"raw/{c}/sumspec")
+def _write(path: Path, plans: dict[str, _Plan], cfgs: dict[str, fitconfig.FitConfig], cfg_paths: dict[str, Path],
+           chans: list[str], all_channels: list[str], partial: blocks_store.PartialResults, *, mode: str,
+           weight: int | None, refit: bool, deadtime: bool, options: Mapping[str, Any], ran_on: dict[str, Any],
+           inline_limit: int) -> dict[str, Any]:
+    """Write ``fit/`` in one transaction, streaming the saved blocks into chunked datasets."""
+    replace = ["fit"] if set(chans) == set(all_channels) else [f"fit/{c}" for c in chans]
+    params = {"mode": mode, "config": {c: str(cfg_paths[c]) for c in chans}, "channels": chans, "weight": weight,
+              "refit": refit, "deadtime": deadtime, "ran_on": ran_on, **{k: v for k, v in options.items()}}
+    inputs = [str(cfg_paths[c]) for c in chans] + [f"raw/{c}/spectra" for c in chans]
+    summary: dict[str, Any] = {"file": str(path), "mode": mode, "channels": {}}
+    with store.transaction(path, "fit", replace=replace, params=params, inputs=inputs) as tx:
+        bulk = rel = None
+        try:
+            for c in chans:
+                p = plans[c]
+                first = partial.load(c, 0)
+                names = [str(n) for n in first["names"]]
+                g = tx.group(f"fit/{c}")
+                nbytes = (2 * len(names) + 1) * p.npix * 8
+                if nbytes > inline_limit:
+                    if bulk is None:
+                        bulk, rel = tx.new_bulk_file("fit")
+                    target = bulk.create_group(c)
+                else:
+                    target = g
+                summary["channels"][c] = _write_channel(p, names, partial, target, deadtime)
+                if target is not g:
+                    for key in ("ims", "stddev", "chi2"):
+                        g[key] = h5py.ExternalLink(rel, f"/{c}/{key}")
+                store.write_array(g, "cfg", str(cfg_paths[c]))
+                store.write_array(g, "cfg_text", cfgs[c].text)
+                store.write_array(g, "names", names)
+                sf = p.sumfit
+                factor = core_fit.sum_deadtime_factor(p.icr, p.ocr) if deadtime else 1.0
+                sg = g.create_group("sum")
+                store.write_array(sg, "int", sf.int * factor)
+                store.write_array(sg, "bkg", sf.bkg * factor)
+                store.write_array(sg, "stddev", sf.sigma * factor)
+                sg.attrs["chisq"] = sf.chisq
+                sg.attrs["calibration_keV"] = np.asarray(sf.calibration)
+                g.attrs["mode"] = mode
+                g.attrs["deadtime_corrected"] = int(bool(deadtime))
+                g.attrs["failed_pixels"] = summary["channels"][c]["failed"]
+                g.attrs["units"] = "counts (fitted peak areas)"
+                g.attrs["scheduler"] = str(ran_on["scheduler"])
+                g.attrs["workers"] = int(ran_on["workers"])
+                ch = summary["channels"][c]
+                ch["warnings"] = list(cfgs[c].warnings) + ch["warnings"]
+                if sf.names != names:
+                    ch["warnings"].append(f"{c}: sum-spectrum groups {sf.names} differ from the map groups {names}")
+                ch["sum_int"] = dict(zip(names, map(float, sf.int * factor)))
+        finally:
+            if bulk is not None:
+                bulk.close()
+        if "fit" in tx.file:
+            tx.file["fit"].attrs["deadtime_corrected"] = int(bool(deadtime))
+    return summary
 
-    ncols = int(np.prod(grid[1:])) if len(grid) > 1 else max(npix, 1)
-    rows_per_block = max(1, block_spectra // max(ncols, 1))
-    names: list[str] | None = None
-    areas = sigma = chi = None
-    failed_mask = np.zeros(npix, dtype=bool)
-    invalid = 0
-    start = 0
-    engine_state: dict[str, Any] = {"group_names": sumfit.names}
-    if mode == "precise":
-        blocks = [np.asarray(b).reshape(-1, nbins) for _, b in store.iter_spectra_blocks(path, c, rows_per_block)]
-        data = np.concatenate(blocks, axis=0)
-        invalid = int((~np.isfinite(data).all(axis=1)).sum()) if data.dtype.kind == "f" else 0
 
-        def prog(done: int, n: int) -> None:
-            report(progress, done_before + done, total, f"{c}: precise fit")
-
-        res = core_fit.precise_fit_block(data, cfg.text, n_workers=n_workers, scheduler=scheduler,
-                                         progress=prog, where=where)
-        names, areas, sigma, chi, failed_mask = res.names, res.areas, res.sigma, res.chi2, res.failed
-    else:
-        for _, block in store.iter_spectra_blocks(path, c, rows_per_block):
-            flat = np.asarray(block).reshape(-1, nbins)
-            n = flat.shape[0]
-            if mode == "fast":
-                res = core_fit.fast_fit_block(flat, cfg.config, sumspec, weight=weight, refit=refit,
-                                              with_chi2=chi2, where=where)
-            else:
-                res = _engine_block(flat, cfg.config, sumspec, state=engine_state, nspectra=npix, weight=weight,
-                                    **options)
-            if names is None:
-                names = res.names
-                areas = np.empty((len(names), npix))
-                sigma = np.empty((len(names), npix))
-                chi = np.empty(npix)
-            areas[:, start:start + n] = res.areas
-            sigma[:, start:start + n] = res.sigma
-            chi[start:start + n] = res.chi2
-            failed_mask[start:start + n] = res.failed
-            invalid += int(res.failed.sum())
-            start += n
-            report(progress, done_before + start, total, f"{c}: {mode} fit")
-    assert names is not None and areas is not None and sigma is not None and chi is not None
-    # failed: fits that did not succeed; invalid: spectra with NaN counts (both NaN in the maps)
-    failed = int(failed_mask.sum()) - invalid
+def _write_channel(p: _Plan, names: list[str], partial: blocks_store.PartialResults, target: h5py.Group,
+                   deadtime: bool) -> dict[str, Any]:
+    """Stream one channel's saved blocks (dead-time corrected) into chunked maps; return its summary."""
+    c = p.channel
+    ims_grid = p.grid or (1,)
+    maps = blocks_store.create_maps(target, len(names), ims_grid, p.rows_per_block)
+    stats = blocks_store.LineStats(names, p.npix)
+    failed = invalid = missing = 0
+    for b, (r0, r1) in enumerate(p.blocks):
+        res = partial.load(c, b)
+        if [str(n) for n in res["names"]] != names:
+            raise InputError(f"block {b} of {c} was fitted with the groups {list(res['names'])}, block 0 with {names}; "
+                             "rerun without resume", path=partial.path)
+        areas, sigma, chi = res["areas"], res["sigma"], res["chi2"]
+        if deadtime:
+            factor, miss = deadtime_factor(p.icr[r0:r1].reshape(-1), p.ocr[r0:r1].reshape(-1))
+            areas = areas * factor[None]
+            sigma = sigma * factor[None]
+            missing += miss
+        rows = slice(r0, r1)
+        blocks_store.write_rows(maps["ims"], rows, areas)
+        blocks_store.write_rows(maps["stddev"], rows, sigma)
+        blocks_store.write_rows(maps["chi2"], rows, chi, lines=False)
+        stats.add(r0 * p.per_row, areas, chi)
+        failed += int(res["failed"].sum())
+        invalid += int(res["invalid"])
+    failed -= invalid  # failed: fits that did not succeed; invalid: spectra with NaN counts
+    warnings = []
     if invalid:
         warnings.append(f"{c}: {invalid} spectra hold NaN counts; their results are NaN")
     if failed:
         warnings.append(f"{c}: {failed} pixels could not be fitted; they are NaN")
-    if sumfit.names != names:
-        warnings.append(f"{c}: sum-spectrum groups {sumfit.names} differ from the map groups {names}")
-
-    ims_grid = grid if grid else (1,)
-    ims = areas.reshape((len(names),) + ims_grid)
-    std = sigma.reshape((len(names),) + ims_grid)
-    chi_map = chi.reshape(ims_grid)
-    missing = 0
-    if deadtime:
-        factor, missing = deadtime_factor(icr.reshape(ims_grid), ocr.reshape(ims_grid))
-        ims = ims * factor[None]
-        std = std * factor[None]
-        sf = core_fit.sum_deadtime_factor(icr, ocr)
-        sumfit.int = sumfit.int * sf
-        sumfit.bkg = sumfit.bkg * sf
-        sumfit.sigma = sumfit.sigma * sf
-        if missing:
-            warnings.append(f"{c}: {missing} pixels have OCR 0 or no valid ICR/OCR: treated as missing (NaN)")
-    return core_fit.ChannelFit(names=names, ims=ims, stddev=std, chi2=chi_map, sum=sumfit, failed=failed,
-                               invalid=invalid, deadtime_missing=missing, warnings=warnings)
+    if missing:
+        warnings.append(f"{c}: {missing} pixels have OCR 0 or no valid ICR/OCR: treated as missing (NaN)")
+    return {"names": names, "shape": [len(names), *ims_grid], "lines": stats.lines(), "failed": failed,
+            "invalid": invalid, "deadtime_missing": missing, "chi2_median": stats.chi2_median(), "warnings": warnings}

@@ -1,0 +1,250 @@
+"""Block-wise results: chunked result datasets filled block by block, and resumable partial results.
+
+Partial results
+---------------
+A long step (the fit) saves the result of every completed block of pixels as one small ``.npz``
+file in ``<file>.d/partial-<step>-<key>/`` (written under a temporary name and ``os.replace``d, so a
+kill at any moment leaves only complete block files). ``key`` is a hash of everything the results
+depend on (configuration text, mode, options, the identity of the raw data), so a rerun with
+``resume=True`` and the same inputs reuses exactly the blocks that were finished, and a rerun with
+other inputs never sees them. The folder is not an ``*.h5`` file, so the bulk-file garbage
+collection of :mod:`xrfproc.store.h5store` leaves it alone; the step removes it on success.
+No pickle anywhere: ``np.load(allow_pickle=False)``.
+
+Result datasets
+---------------
+:func:`create_maps` creates ``(nlines, *grid)`` datasets chunked by rows (gzip 4), which
+:func:`write_rows` fills one block of rows at a time; :class:`LineStats` keeps the summary
+statistics (min, max, median of a bounded sample) on the way, so nothing ever holds all the
+pixels' results.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+from .h5store import GZIP, bulk_dir, now_iso
+
+log = logging.getLogger(__name__)
+
+PARTIAL_FORMAT = 1
+#: values per chunk of a result map (about 2 MB of float64)
+CHUNK_VALUES = 1 << 18
+#: values kept per line for the median of the summary (exact below this many pixels)
+SAMPLE_VALUES = 1 << 17
+
+
+# --------------------------------------------------------------------------- keys
+def result_key(description: Mapping[str, Any]) -> str:
+    """A short stable hash (hex) of a JSON-able description of a computation."""
+    text = json.dumps(description, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf8")).hexdigest()[:20]
+
+
+def raw_identity(path: str | Path, dataset: str) -> dict[str, Any]:
+    """What identifies the raw data of ``dataset`` in ``path``: shape, dtype, link target, sums.
+
+    The bulk file behind an external link is named with a random token when it is written, so a
+    reconverted scan never matches; its size and modification time are included as well.
+    """
+    path = Path(path)
+    out: dict[str, Any] = {}
+    with h5py.File(path, "r") as f:
+        ds = f[dataset]
+        out["shape"] = list(ds.shape)
+        out["dtype"] = str(ds.dtype)
+        parent, name = dataset.rsplit("/", 1) if "/" in dataset else ("/", dataset)
+        link = f[parent].get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            target = path.parent / link.filename
+            out["link"] = [link.filename, link.path]
+            with contextlib.suppress(OSError):
+                st = target.stat()
+                out["bulk"] = [st.st_size, st.st_mtime_ns]
+        else:
+            out["inline"] = [int(ds.id.get_offset() or 0) if ds.chunks is None else -1, ds.chunks]
+        for key in ("sumspec", "maxspec"):
+            sib = f"{parent}/{key}"
+            if sib in f:
+                out[key] = hashlib.sha256(np.ascontiguousarray(f[sib][()]).tobytes()).hexdigest()[:16]
+    return out
+
+
+# --------------------------------------------------------------------------- partial results
+class PartialResults:
+    """The completed blocks of one computation, kept on disk until the step succeeds.
+
+    Parameters
+    ----------
+    path : str or Path
+        The layout file the step works on.
+    step : str
+        Step name (``"fit"``).
+    key : str
+        From :func:`result_key`.
+    meta : mapping
+        JSON-able description stored with the blocks (for people looking at the folder).
+    resume : bool
+        Keep the blocks already there; otherwise they are discarded first.
+    """
+
+    def __init__(self, path: str | Path, step: str, key: str, meta: Mapping[str, Any] | None = None,
+                 resume: bool = False):
+        self.path = Path(path)
+        self.folder = bulk_dir(self.path) / f"partial-{step}-{key}"
+        self.key = key
+        if self.folder.exists() and not resume:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        self.resumed = self.folder.is_dir() and any(self.folder.glob("*.npz"))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        info = self.folder / "meta.json"
+        if not info.exists():
+            tmp = self.folder / f".meta-{secrets.token_hex(3)}.tmp"
+            tmp.write_text(json.dumps({"format": PARTIAL_FORMAT, "step": step, "key": key, "created": now_iso(),
+                                       "meta": dict(meta or {})}, sort_keys=True, default=str, indent=1))
+            os.replace(tmp, info)
+
+    def _name(self, channel: str, block: int) -> Path:
+        return self.folder / f"{channel}-b{block:07d}.npz"
+
+    def has(self, channel: str, block: int) -> bool:
+        """Whether the block was completed (and saved) before."""
+        return self._name(channel, block).is_file()
+
+    def completed(self, channel: str) -> set[int]:
+        """Indices of the completed blocks of ``channel``."""
+        out = set()
+        for item in self.folder.glob(f"{channel}-b*.npz"):
+            with contextlib.suppress(ValueError):
+                out.add(int(item.stem.rsplit("-b", 1)[1]))
+        return out
+
+    def save(self, channel: str, block: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Save one block's arrays atomically (temporary name, fsync, ``os.replace``)."""
+        final = self._name(channel, block)
+        tmp = self.folder / f".{final.stem}-{secrets.token_hex(3)}.tmp"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+
+    def load(self, channel: str, block: int) -> dict[str, np.ndarray]:
+        """The arrays of a completed block.
+
+        Raises
+        ------
+        OSError, ValueError
+            For a damaged block file (the caller refits the block).
+        """
+        with np.load(self._name(channel, block), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    def drop(self, channel: str, block: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._name(channel, block).unlink()
+
+    def discard(self) -> None:
+        """Remove the folder (after success)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def list_partials(path: str | Path) -> list[Path]:
+    """Folders of partial results of ``path`` (interrupted runs not resumed yet)."""
+    folder = bulk_dir(path)
+    return sorted(p for p in folder.glob("partial-*") if p.is_dir()) if folder.is_dir() else []
+
+
+# --------------------------------------------------------------------------- result maps
+def map_chunks(shape: tuple[int, ...], rows_per_block: int) -> tuple[int, ...]:
+    """Chunks of a ``(nlines, *grid)`` or ``grid`` map: one line, whole rows, about CHUNK_VALUES values."""
+    lead = (1,) if len(shape) > 1 else ()
+    grid = shape[len(lead):]
+    if len(grid) <= 1:
+        return lead + (max(1, min(grid[0] if grid else 1, CHUNK_VALUES)),)
+    per_row = int(np.prod(grid[1:]))
+    rows = max(1, min(grid[0], rows_per_block, CHUNK_VALUES // max(per_row, 1)))
+    return lead + (rows,) + tuple(grid[1:])
+
+
+def create_maps(group: h5py.Group, nlines: int, grid: tuple[int, ...], rows_per_block: int,
+                names: Sequence[str] = ("ims", "stddev")) -> dict[str, h5py.Dataset]:
+    """Create empty chunked float64 datasets ``(nlines, *grid)`` for ``names`` and ``chi2`` ``grid``."""
+    out = {}
+    for name in names:
+        shape = (nlines,) + tuple(grid)
+        out[name] = group.create_dataset(name, shape=shape, dtype=np.float64,
+                                         chunks=map_chunks(shape, rows_per_block), fillvalue=np.nan, **GZIP)
+    out["chi2"] = group.create_dataset("chi2", shape=tuple(grid), dtype=np.float64,
+                                       chunks=map_chunks(tuple(grid), rows_per_block), fillvalue=np.nan, **GZIP)
+    return out
+
+
+def write_rows(ds: h5py.Dataset, rows: slice, values: np.ndarray, lines: bool = True) -> None:
+    """Write a block ``(nlines, npix)`` (or ``(npix,)``) into the rows ``rows`` of a map dataset."""
+    if lines:
+        block_shape = (ds.shape[0], rows.stop - rows.start) + tuple(ds.shape[2:])
+        ds[:, rows] = np.asarray(values).reshape(block_shape)
+    else:
+        block_shape = (rows.stop - rows.start,) + tuple(ds.shape[1:])
+        ds[rows] = np.asarray(values).reshape(block_shape)
+
+
+class LineStats:
+    """Min, max and median per line over all pixels, fed block by block in bounded memory.
+
+    The median is exact for maps of at most :data:`SAMPLE_VALUES` pixels, otherwise the median of
+    a regular sample of that many pixels (every k-th pixel in file order).
+    """
+
+    def __init__(self, names: Sequence[str], npix: int):
+        self.names = list(names)
+        self.stride = max(1, -(-npix // SAMPLE_VALUES))
+        self.lo = np.full(len(self.names), np.inf)
+        self.hi = np.full(len(self.names), -np.inf)
+        self.samples: list[list[np.ndarray]] = [[] for _ in self.names]
+        self.chi2: list[np.ndarray] = []
+
+    def add(self, start: int, areas: np.ndarray, chi2: np.ndarray) -> None:
+        """Feed a block: flat pixel index of its first pixel, areas ``(nlines, n)``, chi2 ``(n,)``."""
+        n = areas.shape[1]
+        first = (-start) % self.stride
+        take = np.arange(first, n, self.stride)
+        for i in range(len(self.names)):
+            row = areas[i]
+            good = row[np.isfinite(row)]
+            if good.size:
+                self.lo[i] = min(self.lo[i], good.min())
+                self.hi[i] = max(self.hi[i], good.max())
+            s = row[take]
+            self.samples[i].append(s[np.isfinite(s)])
+        c = np.asarray(chi2)[take]
+        self.chi2.append(c[np.isfinite(c)])
+
+    def lines(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for i, name in enumerate(self.names):
+            s = np.concatenate(self.samples[i]) if self.samples[i] else np.empty(0)
+            if s.size and np.isfinite(self.lo[i]):
+                out[name] = {"min": float(self.lo[i]), "median": float(np.median(s)), "max": float(self.hi[i])}
+            else:
+                out[name] = {"min": float("nan"), "median": float("nan"), "max": float("nan")}
+        return out
+
+    def chi2_median(self) -> float:
+        c = np.concatenate(self.chi2) if self.chi2 else np.empty(0)
+        return float(np.median(c)) if c.size else float("nan")
+
+
+__all__ = ["PartialResults", "LineStats", "create_maps", "write_rows", "map_chunks", "result_key", "raw_identity",
+           "list_partials"]
