@@ -174,7 +174,10 @@ def test_kill_mid_write_never_corrupts(tmp_path):
     for trial in range(12):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(0.6 + rng.uniform(0, 0.6))
+        # wait for the first completed write (the import time varies with the machine's load), then
+        # kill at a random point of the following writes
+        assert proc.stdout.readline(), "the writer died before its first write"
+        time.sleep(rng.uniform(0, 0.4))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         with h5py.File(path, "r") as f:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from .limits import check_size
 
 log = logging.getLogger(__name__)
 
@@ -356,6 +357,9 @@ def level_arrays(mda: MdaFile, level: int, what: str = "detectors",
     if numbers is not None:
         items = [it for it in items if it.number in numbers]
     dtype = np.float64 if what == "positioners" else np.float32
+    # the point counts come from the file: a corrupt header must not make us allocate terabytes
+    check_size([len(items)] + shape, dtype, f"level-{level} {what} ({len(items)} x {'x'.join(map(str, shape))} points)",
+               path=mda.path)
     out = {it.number: np.full(shape, np.nan, dtype=dtype) for it in items}
     for idx, rec in records:
         recs = {it.number: it for it in getattr(rec, what)}

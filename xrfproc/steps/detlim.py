@@ -55,8 +55,8 @@ def detlim(h5file: str | Path, cncfile: str | Path, channel: str | None = None, 
         for c in chans:
             g = store.require(f, f"fit/{c}", "group")
             names = store.decode_names(store.require(g, "names")[()])
-            ip = np.asarray(store.require(g, "sum/int")[()], dtype=np.float64)
-            ib = np.asarray(store.require(g, "sum/bkg")[()], dtype=np.float64)
+            ip = np.asarray(store.read_dataset(store.require(g, "sum/int"), path, f"fit/{c}/sum/int"), dtype=np.float64)
+            ib = np.asarray(store.read_dataset(store.require(g, "sum/bkg"), path, f"fit/{c}/sum/bkg"), dtype=np.float64)
             norm = None
             if has_norm and f"norm/{c}/sum/int" in f:
                 norm = (np.asarray(f[f"norm/{c}/sum/int"][()]), np.asarray(f[f"norm/{c}/sum/int_stddev"][()]))

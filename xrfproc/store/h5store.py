@@ -22,6 +22,7 @@ import contextlib
 import datetime as _dt
 import errno
 import fcntl
+import io
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ import h5py
 import numpy as np
 
 from .._version import __version__
+from ..core.limits import check_size
 from ..errors import FileBusyError, InputError, LayoutError, WriteError
 
 log = logging.getLogger(__name__)
@@ -59,9 +61,23 @@ def encode_names(names: Sequence[str]) -> np.ndarray:
 
 
 def decode_names(values: Any) -> list[str]:
-    """Inverse of :func:`encode_names`; also accepts str arrays and scalars."""
+    """Inverse of :func:`encode_names`; also accepts str arrays and scalars.
+
+    Raises
+    ------
+    InputError
+        When a name is not utf-8 text.
+    """
     arr = np.atleast_1d(values)
-    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in arr]
+    out = []
+    for v in arr:
+        if isinstance(v, bytes):
+            try:
+                v = v.decode("utf8")
+            except UnicodeDecodeError:
+                raise InputError(f"line names must be utf-8 text; {v!r} is not") from None
+        out.append(str(v))
+    return out
 
 
 def write_array(group: h5py.Group, name: str, data: Any, **kwargs: Any) -> h5py.Dataset:
@@ -130,22 +146,139 @@ def read_provenance(obj: h5py.Group | h5py.Dataset) -> dict[str, Any] | None:
 def open_read(path: str | Path) -> Iterator[h5py.File]:
     """Open a layout file read-only, with errors that name the file.
 
+    The file is checked first: external links and virtual datasets must stay inside the file's
+    folder (:func:`check_links`), and the arrays of ``raw/`` must not declare absurd sizes
+    (:func:`check_declared_sizes`).
+
     Raises
     ------
     InputError
-        When the file is missing or is not a readable HDF5 file.
+        When the file is missing, is not a readable HDF5 file, links outside its folder or
+        declares arrays too large to be real.
     """
     path = Path(path)
     if not path.exists():
         raise InputError("file not found", path=path)
     try:
         f = h5py.File(path, "r")
-    except OSError as exc:
+    except (OSError, RuntimeError, ValueError) as exc:
         raise InputError(f"not a readable HDF5 file ({exc})", path=path) from None
     try:
-        yield f
+        try:
+            _check_links(f, path)
+            check_declared_sizes(f, path)
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise InputError(f"corrupt HDF5 file ({exc})", path=path) from None
+        try:
+            yield f
+        except (OSError, RuntimeError) as exc:  # HDF5 meeting corrupt or truncated data while reading
+            if isinstance(exc, OSError) and exc.errno is not None and "synchronously" not in str(exc):
+                raise  # an operating-system error of the caller's own work (not HDF5 reading this file)
+            raise InputError(f"corrupt or truncated HDF5 data ({exc})", path=path) from None
+        except KeyError as exc:
+            if "Unable to" not in str(exc):  # h5py's KeyErrors for damaged objects; others are bugs
+                raise
+            raise InputError(f"corrupt HDF5 object ({exc.args[0] if exc.args else exc})", path=path) from None
     finally:
         f.close()
+
+
+def _inside(folder: Path, target: str) -> bool:
+    """True when ``target`` (absolute, or relative to ``folder``) resolves into ``folder``."""
+    root = folder.resolve()
+    resolved = (root / target).resolve() if not os.path.isabs(target) else Path(target).resolve()
+    return resolved == root or root in resolved.parents
+
+
+def _check_links(f: h5py.File, path: Path) -> list[str]:
+    """The link targets of ``f`` (refusing the ones outside ``path``'s folder); see :func:`check_links`."""
+    folder = path.resolve().parent
+    seen: list[str] = []
+    visited: set[Any] = set()
+
+    def visit(group: h5py.Group) -> None:
+        if group.id in visited:
+            return
+        visited.add(group.id)
+        for name in group:
+            link = group.get(name, getlink=True)
+            where = f"{group.name.rstrip('/')}/{name}"
+            if isinstance(link, h5py.ExternalLink):
+                seen.append(link.filename)
+                if not _inside(folder, link.filename):
+                    raise InputError(f"external link to {link.filename!r} points outside the file's folder "
+                                     f"{str(folder)!r}; refused", path=path, dataset=where)
+                continue  # never follow: the target is a bulk file, checked when it is read
+            if isinstance(link, h5py.SoftLink):
+                continue
+            obj = group.get(name)
+            if isinstance(obj, h5py.Group):
+                visit(obj)
+            elif isinstance(obj, h5py.Dataset) and obj.is_virtual:
+                for source in obj.virtual_sources():
+                    seen.append(source.file_name)
+                    if source.file_name != "." and not _inside(folder, source.file_name):
+                        raise InputError(f"virtual dataset reads {source.file_name!r}, outside the file's folder "
+                                         f"{str(folder)!r}; refused", path=path, dataset=where)
+
+    visit(f)
+    return seen
+
+
+def check_links(file: str | Path) -> list[str]:
+    """Refuse HDF5 external links and virtual datasets that point outside the file's own folder.
+
+    Our own links point into ``<file>.d/`` and are allowed; links are never followed by the check.
+
+    Returns
+    -------
+    list of str
+        The link targets found (all inside the folder).
+
+    Raises
+    ------
+    InputError
+        Naming the file, the link and its target.
+    """
+    path = Path(file)
+    if not path.exists():
+        raise InputError("file not found", path=path)
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise InputError(f"not a readable HDF5 file ({exc})", path=path) from None
+    with f:
+        try:
+            return _check_links(f, path)
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise InputError(f"corrupt HDF5 file ({exc})", path=path) from None
+
+
+def check_declared_sizes(f: h5py.File, path: str | Path) -> None:
+    """Refuse a file whose ``raw/`` arrays declare absurd sizes (read before anything is allocated).
+
+    Spectra (read block by block) may reach :func:`xrfproc.core.limits.max_stream_bytes`, every
+    other array :func:`xrfproc.core.limits.max_array_bytes`. Datasets behind broken links are left
+    to the reader, which names them.
+    """
+    def visit(group: h5py.Group, prefix: str) -> None:
+        for name in group:
+            try:
+                obj = group.get(name)
+            except (KeyError, OSError, RuntimeError):
+                continue
+            where = f"{prefix}/{name}"
+            if isinstance(obj, h5py.Group):
+                visit(obj, where)
+            elif isinstance(obj, h5py.Dataset) and obj.shape is not None:
+                check_size(obj.shape, obj.dtype if obj.dtype.kind != "O" else np.dtype("O"), where, path=path,
+                           dataset=where, stream=name == "spectra")
+
+    if "raw" in f and isinstance(f.get("raw"), h5py.Group):
+        visit(f["raw"], "raw")
+    for key in ("mot1", "mot2"):
+        if key in f and isinstance(f.get(key), h5py.Dataset):
+            check_size(f[key].shape, f[key].dtype, key, path=path, dataset=key)
 
 
 def require(f: h5py.File | h5py.Group, key: str, what: str = "dataset") -> Any:
@@ -153,8 +286,16 @@ def require(f: h5py.File | h5py.Group, key: str, what: str = "dataset") -> Any:
     try:
         if key in f:
             return f[key]
-    except (KeyError, OSError):
+    except (KeyError, OSError, RuntimeError):
         pass
+    parent, _, name = key.rpartition("/")
+    try:
+        link = (f[parent] if parent else f).get(name, getlink=True)
+    except (KeyError, OSError, RuntimeError):
+        link = None
+    if isinstance(link, h5py.ExternalLink):
+        raise LayoutError(f"{what} '{key}' is stored in {link.filename!r}, which is missing or unreadable "
+                          "(truncated or moved without the file)", path=f.file.filename, dataset=key)
     raise LayoutError(f"missing {what} '{key}'", path=f.file.filename, dataset=key)
 
 
@@ -187,10 +328,12 @@ def file_lock(path: str | Path, step: str = "write", wait: float = 0.0) -> Itera
     except OSError as exc:
         raise WriteError(f"cannot create the lock file in {folder} ({exc.strerror})", path=path) from None
     deadline = time.monotonic() + wait
+    held = False
     try:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
                 break
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
@@ -200,12 +343,14 @@ def file_lock(path: str | Path, step: str = "write", wait: float = 0.0) -> Itera
                     raise FileBusyError(f"file is being written by {holder}; try again when it has finished",
                                         path=path) from None
                 time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} (step {step}, since {now_iso()})".encode(), 0)
+        with contextlib.suppress(OSError):  # the holder's name is a courtesy: a full disk must not stop the lock
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} (step {step}, since {now_iso()})".encode(), 0)
         yield
     finally:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
+        if held:  # a refused writer must not erase the holder's name
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
         os.close(fd)
 
 
@@ -255,6 +400,8 @@ class Transaction:
                  inputs: Sequence[str], replace: Sequence[str]):
         self.path, self.file, self.step = path, file, step
         self.params, self.inputs, self.replace = dict(params), list(inputs), list(replace)
+        self.new_bulk: list[Path] = []
+        self.guards: list[_GuardedFile] = []
 
     def group(self, name: str) -> h5py.Group:
         """Create (empty) the group ``name``, one of the paths this transaction replaces."""
@@ -265,10 +412,126 @@ class Transaction:
         return self.file.create_group(name)
 
     def new_bulk_file(self, tag: str) -> tuple[h5py.File, str]:
-        """Open a new bulk file in ``<path>.d/``; returns it and its name relative to ``path``'s folder."""
+        """Open a new bulk file in ``<path>.d/``; returns it and its name relative to ``path``'s folder.
+
+        The bulk file is deleted again when the transaction fails.
+        """
         name = f"{tag}-{secrets.token_hex(4)}.h5"
         rel = f"{bulk_dir(self.path).name}/{name}"
-        return h5py.File(bulk_dir(self.path) / name, "w"), rel
+        full = bulk_dir(self.path) / name
+        self.new_bulk.append(full)
+        guard = _GuardedFile(full)
+        self.guards.append(guard)
+        return h5py.File(guard, "w"), rel
+
+    def finish_bulk(self) -> None:
+        """Sync the bulk files written; raise the first write error HDF5 met in them."""
+        for guard in self.guards:
+            guard.close()
+        for guard in self.guards:
+            if guard.error is not None:
+                raise guard.error
+
+
+class _GuardedFile(io.RawIOBase):
+    """The file object under a bulk file that HDF5 writes through (h5py's ``fileobj`` driver).
+
+    HDF5 cannot recover from a failed write (a full disk): its cache stays dirty and the library
+    may crash when it later retries. This file records the first error and then accepts (and
+    drops) every further write, so HDF5 closes normally; :meth:`Transaction.finish_bulk` then
+    raises the recorded error and the transaction removes the file.
+    """
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.fh = open(path, "w+b", buffering=0)
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self.fh.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self.fh.tell()
+
+    def readinto(self, buf: Any) -> int:
+        return self.fh.readinto(buf)
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        size = len(view)
+        if self.error is None:
+            try:
+                while view:
+                    n = self.fh.write(view)
+                    view = view[n:]
+            except OSError as exc:
+                self.error = exc
+        if self.error is not None:  # keep HDF5's idea of the file position consistent
+            self.fh.seek(len(view), os.SEEK_CUR)
+        return size
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return self.fh.truncate(size)
+            except OSError as exc:
+                self.error = exc
+        return self.fh.tell() if size is None else size
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if self.error is None:
+                os.fsync(self.fh.fileno())
+        except OSError as exc:
+            self.error = exc
+        finally:
+            self.fh.close()
+            super().close()
+
+
+#: a layout file up to this size is rebuilt in memory and written with one plain write (a full disk is
+#: then a clean ENOSPC, never a failure inside HDF5's cache flush); bigger ones (original-layout files
+#: with the spectra inline) are rebuilt on disk
+IN_MEMORY_MAX_BYTES = 512 * 1024 * 1024
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+
+
+def _write_failure(exc: BaseException) -> str | None:
+    """The reason when ``exc`` is a failure to write (full disk, read-only, no permission), else None.
+
+    HDF5 reports its write errors as OSError or RuntimeError with the errno only in the text.
+    """
+    code = getattr(exc, "errno", None)
+    if code in _WRITE_ERRNOS:
+        return os.strerror(code)
+    text = str(exc)
+    for code in _WRITE_ERRNOS:
+        if f"errno = {code}," in text or os.strerror(code) in text:
+            return os.strerror(code)
+    return None
+
+
+def _write_image(image: bytes, tmp: Path) -> None:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(image)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -295,7 +558,8 @@ def transaction(path: str | Path, step: str, replace: Sequence[str], params: Map
     FileBusyError
         Another process is writing the file.
     WriteError
-        The new file could not be written (disk full, read-only folder); the old one is untouched.
+        The new file could not be written (disk full, read-only folder); the old one is untouched
+        and the bulk files this transaction started are removed.
     """
     path = Path(path)
     if path.exists() == create and not create:
@@ -303,10 +567,19 @@ def transaction(path: str | Path, step: str, replace: Sequence[str], params: Map
     params = dict(params or {})
     with file_lock(path, step, wait):
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
+        in_memory = not path.exists() or path.stat().st_size <= IN_MEMORY_MAX_BYTES
+        tx: Transaction | None = None
         try:
-            newf = h5py.File(tmp, "w", libver=("earliest", "latest"))
+            # claim the temporary name first: a read-only folder is refused before any work
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            if in_memory:
+                newf = h5py.File(tmp, "w", driver="core", backing_store=False, libver=("earliest", "latest"))
+            else:
+                newf = h5py.File(tmp, "w", libver=("earliest", "latest"))
         except OSError as exc:
-            raise WriteError(f"cannot write next to the file ({exc})", path=path) from None
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise WriteError(f"cannot write next to the file ({exc.strerror or exc})", path=path) from None
         ok = False
         try:
             if path.exists():
@@ -317,20 +590,29 @@ def transaction(path: str | Path, step: str, replace: Sequence[str], params: Map
                     raise InputError(f"cannot read the existing file ({exc})", path=path) from None
             tx = Transaction(path, newf, step, params, inputs, replace)
             yield tx
+            tx.finish_bulk()
             for rep in replace:
                 if rep in newf:
                     stamp_provenance(newf[rep], step, params, inputs)
             newf.attrs["xrfproc_schema_version"] = SCHEMA_VERSION
             newf.attrs["xrfproc_version"] = __version__
             newf.attrs["last_step"] = step
-            newf.close()
-            _fsync_path(tmp)
+            if in_memory:
+                newf.flush()
+                image = newf.id.get_file_image()
+                newf.close()
+                _write_image(image, tmp)
+                del image
+            else:
+                newf.close()
+                _fsync_path(tmp)
             os.replace(tmp, path)
             _fsync_path(path.parent)
             ok = True
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-                raise WriteError(f"could not write the {step} results ({exc.strerror}); the file is unchanged",
+        except (OSError, RuntimeError) as exc:
+            reason = _write_failure(exc)
+            if reason is not None:
+                raise WriteError(f"could not write the {step} results ({reason}); the file is unchanged",
                                  path=path) from None
             raise
         finally:
@@ -339,6 +621,12 @@ def transaction(path: str | Path, step: str, replace: Sequence[str], params: Map
                     newf.close()
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
+                for guard in tx.guards if tx is not None else ():
+                    with contextlib.suppress(Exception):
+                        guard.close()
+                for bulk in tx.new_bulk if tx is not None else ():
+                    with contextlib.suppress(OSError):
+                        bulk.unlink()
         collect_bulk_garbage(path)
 
 

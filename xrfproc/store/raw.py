@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterator
 import h5py
 import numpy as np
 
+from ..core.limits import check_size
 from ..core.rawmap import RawChannel, RawMap
 from ..errors import InputError, LayoutError
 from .h5store import GZIP, channels, decode_names, open_read, require, transaction, write_array
@@ -41,6 +42,19 @@ def iter_blocks(nrows: int, rows_per_block: int) -> Iterator[slice]:
         yield slice(start, min(nrows, start + rows_per_block))
 
 
+def _check_counts(block: np.ndarray, name: str, where: str) -> None:
+    """Spectra hold counts: numbers, not negative, not infinite (NaN marks a point that is missing)."""
+    if block.dtype.kind not in "uifb":
+        raise InputError(f"spectra must be numbers, found dtype {block.dtype}", dataset=name)
+    if block.size and block.dtype.kind in "if":
+        with np.errstate(invalid="ignore"):
+            if np.any(block < 0):
+                raise InputError(f"negative counts in spectra {where}", dataset=name)
+        if block.dtype.kind == "f" and np.isinf(block).any():
+            raise InputError(f"infinite counts in spectra {where} (NaN marks a missing point; inf is not a count)",
+                             dataset=name)
+
+
 def _write_spectra(bulk: h5py.File, name: str, spectra: Any) -> tuple[np.ndarray, np.ndarray]:
     """Copy spectra block by block into ``bulk[name]``; return the sum and max spectrum."""
     shape = tuple(spectra.shape)
@@ -51,14 +65,14 @@ def _write_spectra(bulk: h5py.File, name: str, spectra: Any) -> tuple[np.ndarray
     peak = np.full(nbins, -np.inf)
     if len(shape) == 1:
         block = np.asarray(spectra[...])
+        _check_counts(block, name, "the spectrum")
         ds[...] = block.astype(dtype, copy=False)
         return block.astype(np.float64), block.astype(np.float64)
     per_row = int(np.prod(shape[1:-1])) * nbins
     rows = max(1, (16 * CHUNK_VALUES) // max(per_row, 1))
     for sl in iter_blocks(shape[0], rows):
         block = np.asarray(spectra[sl])
-        if dtype.kind in "ui" and block.size and block.min() < 0:
-            raise InputError(f"negative counts in spectra rows {sl.start}..{sl.stop - 1}", dataset=name)
+        _check_counts(block, name, f"rows {sl.start}..{sl.stop - 1}")
         ds[sl] = block.astype(dtype, copy=False)
         flat = block.reshape(-1, nbins).astype(np.float64)
         total += np.nansum(flat, axis=0)
@@ -124,6 +138,23 @@ def write_raw(path: str | Path, raw: RawMap, *, step: str = "convert", params: d
     return path
 
 
+def read_dataset(ds: Any, path: str | Path, key: str, sl: Any = ()) -> np.ndarray:
+    """``ds[sl]`` of a numeric dataset, or an InputError naming the file and dataset.
+
+    Refuses non-numeric data (strings where numbers are expected), declared sizes too large to be
+    real (before allocating: :func:`xrfproc.core.limits.check_size`) and unreadable (truncated,
+    corrupt) data.
+    """
+    if ds.dtype.kind not in "uifb":
+        raise InputError(f"expected numbers, found dtype {ds.dtype}", path=path, dataset=key)
+    if sl == ():
+        check_size(ds.shape, ds.dtype, key, path=path, dataset=key)
+    try:
+        return ds[sl]
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise InputError(f"cannot read the data (truncated or corrupt file: {exc})", path=path, dataset=key) from None
+
+
 def read_raw(path: str | Path, load_spectra: bool = True) -> RawMap:
     """Read ``raw/`` of a layout file (ours or the original tool's) into a :class:`RawMap`.
 
@@ -139,10 +170,12 @@ def read_raw(path: str | Path, load_spectra: bool = True) -> RawMap:
         out: dict[str, RawChannel] = {}
         for c in chans:
             sp = require(f, f"raw/{c}/spectra")
-            spectra = sp[()] if load_spectra else f"raw/{c}/spectra"
+            if not isinstance(sp, h5py.Dataset) or sp.ndim < 1:
+                raise LayoutError("expected a dataset (*grid, nbins)", path=path, dataset=f"raw/{c}/spectra")
+            spectra = read_dataset(sp, path, f"raw/{c}/spectra") if load_spectra else f"raw/{c}/spectra"
             grid = sp.shape[:-1]
-            icr = raw[c]["icr"][()] if "icr" in raw[c] else np.ones(grid)
-            ocr = raw[c]["ocr"][()] if "ocr" in raw[c] else np.ones(grid)
+            icr = read_dataset(raw[c]["icr"], path, f"raw/{c}/icr") if "icr" in raw[c] else np.ones(grid)
+            ocr = read_dataset(raw[c]["ocr"], path, f"raw/{c}/ocr") if "ocr" in raw[c] else np.ones(grid)
             cal = raw[c].attrs.get("calibration_keV")
             out[c] = RawChannel(spectra, icr, ocr, None if cal is None else tuple(float(x) for x in cal))
         grid = require(f, f"raw/{chans[0]}/spectra").shape[:-1]
@@ -150,17 +183,17 @@ def read_raw(path: str | Path, load_spectra: bool = True) -> RawMap:
         def opt(key: str, default: Any) -> Any:
             for where in (f"raw/{key}", key):
                 if where in f:
-                    return f[where][()]
+                    return read_dataset(f[where], path, where)
             return default
 
-        cmd = opt("cmd", b"")
+        cmd = f["cmd"][()] if "cmd" in f and isinstance(f["cmd"], h5py.Dataset) else b""
         return RawMap(
             channels=out,
             I0=np.asarray(opt("I0", np.ones(grid)), dtype=np.float64),
             acquisition_time=np.asarray(opt("acquisition_time", np.ones(grid)), dtype=np.float64),
             mot1=np.asarray(opt("mot1", np.zeros(grid)), dtype=np.float64),
             mot2=np.asarray(opt("mot2", np.zeros(grid)), dtype=np.float64),
-            I1=None if "raw/I1" not in f else f["raw/I1"][()],
+            I1=None if "raw/I1" not in f else read_dataset(f["raw/I1"], path, "raw/I1"),
             cmd=cmd.decode("utf8", "replace") if isinstance(cmd, bytes) else str(cmd),
             mot1_name=str(raw.attrs.get("mot1_name", "mot1")),
             mot2_name=str(raw.attrs.get("mot2_name", "mot2")),
@@ -171,16 +204,20 @@ def read_raw(path: str | Path, load_spectra: bool = True) -> RawMap:
 
 def iter_spectra_blocks(path: str | Path, channel: str, rows_per_block: int = 0) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield ``(row slice, spectra block)`` of ``raw/<channel>/spectra`` without loading the whole map."""
+    key = f"raw/{channel}/spectra"
     with open_read(path) as f:
-        ds = require(f, f"raw/{channel}/spectra")
+        ds = require(f, key)
+        if ds.dtype.kind not in "uif":
+            raise InputError(f"spectra must be numbers, found dtype {ds.dtype}", path=path, dataset=key)
         if ds.ndim == 1:
-            yield slice(0, 1), ds[()][None]
+            yield slice(0, 1), read_dataset(ds, path, key)[None]
             return
         if rows_per_block <= 0:
             per_row = int(np.prod(ds.shape[1:]))
             rows_per_block = max(1, (16 * CHUNK_VALUES) // max(per_row, 1))
+        check_size((rows_per_block,) + ds.shape[1:], ds.dtype, f"a block of {key}", path=path, dataset=key)
         for sl in iter_blocks(ds.shape[0], rows_per_block):
-            yield sl, ds[sl]
+            yield sl, read_dataset(ds, path, key, sl)
 
 
 __all__ = ["write_raw", "read_raw", "iter_spectra_blocks", "decode_names", "spectra_chunks"]

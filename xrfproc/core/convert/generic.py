@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import InputError
+from ..limits import check_size, nbytes
 from ..rawmap import RawChannel, RawMap
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,7 @@ def _load(value: Any, what: str, h5file: Path | None, where: str) -> np.ndarray:
         p = Path(s)
         if not p.is_file():
             raise InputError(f"{what}: file not found", path=p)
-        try:
-            return np.load(p, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{what}: not a readable .npy file ({exc})", path=p) from None
+        return _load_npy(p, what)
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -61,17 +59,46 @@ def _load(value: Any, what: str, h5file: Path | None, where: str) -> np.ndarray:
     return arr
 
 
-def _h5_dataset(path: Path, dataset: str) -> np.ndarray:
-    import h5py
-
+def _load_npy(p: Path, what: str) -> np.ndarray:
+    """A ``.npy`` file, its declared shape checked against the file size and the memory limit first."""
     try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputError(f"not a readable HDF5 file ({exc})", path=path) from None
-    with f:
-        if dataset not in f or not isinstance(f[dataset], h5py.Dataset):
+        with open(p, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            offset = fh.tell()
+    except (OSError, ValueError, SyntaxError, TypeError) as exc:
+        raise InputError(f"{what}: not a readable .npy file ({exc})", path=p) from None
+    if dtype.hasobject:
+        raise InputError(f"{what}: .npy file of Python objects refused (numbers expected)", path=p)
+    size = nbytes(shape, dtype)
+    if size > p.stat().st_size - offset:
+        check_size(shape, dtype, what, path=p)
+        raise InputError(f"{what}: the .npy header declares shape {shape} ({size} bytes) but the file holds "
+                         f"{p.stat().st_size - offset} bytes of data (truncated)", path=p)
+    check_size(shape, dtype, what, path=p)
+    try:
+        return np.load(p, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{what}: not a readable .npy file ({exc})", path=p) from None
+
+
+def _h5_dataset(path: Path, dataset: str) -> np.ndarray:
+    from ...store import open_read
+    from ...store.raw import read_dataset
+
+    with open_read(path) as f:
+        try:
+            ds = f.get(dataset)
+        except (KeyError, OSError, RuntimeError, ValueError):
+            ds = None
+        if ds is None or not hasattr(ds, "dtype") or not hasattr(ds, "shape"):
             raise InputError("no such dataset", path=path, dataset=dataset)
-        return f[dataset][()]
+        if ds.dtype.kind not in "uif":
+            raise InputError(f"expected a numeric dataset, found dtype {ds.dtype}", path=path, dataset=dataset)
+        return read_dataset(ds, path, dataset)
 
 
 def read(source: str | Path | np.ndarray, *, dataset: str | None = None, dims: Sequence[int] | None = None,
@@ -111,10 +138,7 @@ def read(source: str | Path | np.ndarray, *, dataset: str | None = None, dims: S
         with open(path, "rb") as fh:
             magic = fh.read(8)
         if magic.startswith(b"\x93NUMPY"):
-            try:
-                spectra = np.load(path, allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                raise InputError(f"not a readable .npy file ({exc})", path=path) from None
+            spectra = _load_npy(path, "spectra")
         elif magic == b"\x89HDF\r\n\x1a\n":
             if not dataset:
                 raise InputError("an HDF5 source needs dataset='path/to/spectra'", path=path)
@@ -126,6 +150,8 @@ def read(source: str | Path | np.ndarray, *, dataset: str | None = None, dims: S
     spectra = np.asarray(spectra)
     if spectra.dtype.kind not in "uif":
         raise InputError(f"spectra must be numeric, found dtype {spectra.dtype}", path=where)
+    if spectra.size == 0:
+        raise InputError(f"empty spectra array, shape {spectra.shape}", path=where)
     if spectra.ndim == 1:
         spectra = spectra.reshape(1, 1, -1)
     elif spectra.ndim == 2:
@@ -145,7 +171,8 @@ def read(source: str | Path | np.ndarray, *, dataset: str | None = None, dims: S
     grid = spectra.shape[:2]
     if spectra.shape[-1] == 0 or 0 in grid:
         raise InputError(f"empty spectra array, shape {spectra.shape}", path=where)
-    if spectra.dtype.kind == "f" and np.all(np.mod(spectra, 1) == 0):
+    if spectra.dtype.kind == "f" and np.isfinite(spectra).all() and np.all(np.abs(spectra) < 2.0**62) \
+            and np.all(np.mod(spectra, 1) == 0):
         spectra = spectra.astype(np.int64)
     npts = grid[0] * grid[1]
     vals: dict[str, np.ndarray | None] = {}

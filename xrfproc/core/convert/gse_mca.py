@@ -171,7 +171,8 @@ def read(source: str | Path, *, elements: str = "sum", **_ignored: Any) -> RawMa
         real = live
     if live is None and real is not None:
         live = real
-    counts = np.rint(data).astype(np.int64) if np.all(np.mod(data, 1) == 0) else data
+    integral = np.isfinite(data).all() and np.all(np.abs(data) < 2.0**53) and np.all(np.mod(data, 1) == 0)
+    counts = np.rint(data).astype(np.int64) if integral else data
     groups = [list(range(nel))] if elements == "sum" else [[j] for j in range(nel)]
     chans = {}
     for ci, idx in enumerate(groups):

@@ -33,7 +33,12 @@ def sniff(path: str | Path) -> bool:
         import h5py
 
         with h5py.File(p, "r") as f:
-            return "raw/channel00/spectra" in f and isinstance(f.get("raw/channel00/spectra"), h5py.Dataset)
+            if "raw/channel00/spectra" in f and isinstance(f.get("raw/channel00/spectra"), h5py.Dataset):
+                return True
+            # spectra behind an external link whose bulk file is missing or broken: still our layout
+            # (reading it then names the broken link)
+            g = f.get("raw/channel00")
+            return isinstance(g, h5py.Group) and isinstance(g.get("spectra", getlink=True), h5py.ExternalLink)
     except Exception:
         return False
 
@@ -52,12 +57,15 @@ def read(source: str | Path, **_ignored: Any) -> RawMap:
     path = Path(source)
     import h5py
 
+    from ...store import open_read
+
     try:
-        with h5py.File(path, "r") as f:
+        with open_read(path) as f:
             missing = [k for k in ("raw/I0", "raw/acquisition_time", "mot1", "mot2") if k not in f]
-            for c in (k for k in f.get("raw", {}) if k.startswith("channel")):
+            raw_group = f.get("raw")
+            for c in (k for k in (raw_group if isinstance(raw_group, h5py.Group) else {}) if k.startswith("channel")):
                 missing += [f"raw/{c}/{k}" for k in ("icr", "ocr") if k not in f["raw"][c]]
-    except OSError as exc:
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
         raise InputError(f"not a readable HDF5 file ({exc})", path=path) from None
     if missing:
         log.warning("%s: %s missing; using defaults (1 for rates/I0/time, 0 for motors)", path, ", ".join(missing))

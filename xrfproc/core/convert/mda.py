@@ -299,7 +299,8 @@ def read(source: str | Path, *, spectra: str | Path | None = None, elements: str
         if not elems:
             raise InputError("the innermost scan level has no detector to read as spectra", path=path)
         full = np.stack([_to3(np.nan_to_num(sp[it.number]))[:rows, :cols] for it, _ in elems])
-        spectra_arr = np.rint(full).astype(np.int32) if np.all(np.mod(full, 1) == 0) else full
+        integral = np.all(np.abs(full) < 2.0**31) and np.all(np.mod(full, 1) == 0)  # no silent int32 overflow
+        spectra_arr = np.rint(full).astype(np.int32) if integral else full
         enums = [e for _, e in elems]
         stats: dict[str, list[np.ndarray | None]] = {k: [] for k in ("icr", "ocr", "realtime", "livetime")}
         regex = {"icr": r"dxp{n}[.:]InputCountRate", "ocr": r"dxp{n}[.:]OutputCountRate",

@@ -226,7 +226,7 @@ def read(source: str | Path | Sequence[str | Path], **_ignored: Any) -> RawMap:
             mot2[r, c], mot1[r, c] = p["xyz"][0], p["xyz"][1]
     if no_time:
         log.warning("%s: no $MEAS_TIM in %d file(s); acquisition time 1 s", files[0], len(no_time))
-    if np.all(np.mod(spectra, 1) == 0):
+    if np.isfinite(spectra).all() and np.all(np.abs(spectra) < 2.0**53) and np.all(np.mod(spectra, 1) == 0):
         spectra = spectra.astype(np.int64)
     cal = next(iter(points.values()))["cal"]
     raw = RawMap(channels={"channel00": RawChannel(spectra, icr, ocr, cal)}, I0=np.ones(shape),
