@@ -26,7 +26,7 @@ def _parses_or_recipe_error(text: str) -> None:
         assert str(exc).startswith("fuzz.xrf") or "include" in str(exc) or str(exc)
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.sampled_from(PIECES) | st.characters(codec="utf-8"), max_size=40))
 def test_random_text(pieces):
     _parses_or_recipe_error("".join(pieces))
@@ -49,7 +49,7 @@ def mutated(draw):
     return text
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated())
 def test_mutated_recipes(text):
     _parses_or_recipe_error(text)

@@ -27,8 +27,9 @@ from xrfproc.server.app import BearerTokenMiddleware, http_app, parser  # noqa: 
 
 ROWS, COLS = 10, 12
 EXPECTED_TOOLS = {"inspect", "sum_spectrum", "image", "suggest_elements", "read_cnc", "simulate", "simulate_reference",
-                  "demo_dataset", "convert", "make_config", "fit", "normalise", "detlim"}
-READ_ONLY = {"inspect", "suggest_elements", "read_cnc"}
+                  "demo_dataset", "convert", "make_config", "fit", "normalise", "detlim", "quantify", "div_by_cnc",
+                  "cluster", "correlation_plot", "tomo", "run_recipe", "list_recipes"}
+READ_ONLY = {"inspect", "suggest_elements", "read_cnc", "list_recipes"}
 
 
 def call(server: Any, name: str, args: dict, **kw: Any) -> Any:
@@ -93,76 +94,106 @@ def test_tools_list_schemas_and_annotations(tmp_path):
     assert "fitted" in tools["sum_spectrum"].output_schema["properties"]
 
 
-def test_full_chain_matches_direct_api(tmp_path):
+def test_full_chain_over_stdio(tmp_path):
+    """The whole chain through a server subprocess and the SDK's stdio client: simulate, inspect,
+    suggest_elements, make_config, fit, normalise, detlim, quantify, cluster, image, sum_spectrum.
+    The numbers are checked against the files and by hand (the MCP tools and the recipe runner are
+    compared array by array in test_mcp_recipes)."""
     root = tmp_path / "data"
     root.mkdir()
-    server = build_server([root])
+    params = StdioServerParameters(command=sys.executable, args=["-m", "xrfproc.server", "--root", str(root)],
+                                   cwd=str(root))
     progress: list[tuple[float, float | None, str | None]] = []
 
     async def on_progress(done: float, total: float | None, message: str | None) -> None:
         progress.append((done, total, message))
 
-    async def go() -> dict[str, Any]:
+    async def go() -> tuple[set[str], dict[str, Any]]:
         out: dict[str, Any] = {}
-        async with Client(server) as c:
+        async with Client(params) as c:
+            names = {t.name for t in (await c.list_tools()).tools}
             out["sim"] = await c.call_tool("simulate", {"out": "s.h5", "rows": ROWS, "cols": COLS, "seed": 5})
-            (tmp_path / "direct").mkdir()
-            copy_layout(root / "s.h5", tmp_path / "direct" / "s.h5")
+            out["ref"] = await c.call_tool("simulate_reference", {"out": "ref.h5", "cnc": "nist613", "rows": 3,
+                                                                  "cols": 3, "seed": 4})
             out["els"] = await c.call_tool("suggest_elements", {"h5file": "s.h5", "energy_keV": 18.0})
             els = out["els"].structured_content["elements"]
-            out["cfg"] = await c.call_tool("make_config", {"h5file": "s.h5", "elements": els, "energy_keV": 18.0})
-            out["fit"] = await c.call_tool("fit", {"h5file": "s.h5", "config": out["cfg"].structured_content["config"],
-                                                   "mode": "fast"}, progress_callback=on_progress)
+            out["cfg"] = await c.call_tool("make_config", {"h5file": "s.h5", "elements": els, "energy_keV": 18.0,
+                                                           "out": "c.cfg"})
+            out["fit"] = await c.call_tool("fit", {"h5file": "s.h5", "config": "c.cfg", "mode": "fast"},
+                                           progress_callback=on_progress)
+            out["fit_ref"] = await c.call_tool("fit", {"h5file": "ref.h5", "config": "c.cfg"})
             out["norm"] = await c.call_tool("normalise", {"h5file": "s.h5"})
-            out["inspect"] = await c.call_tool("inspect", {"h5file": "s.h5"})
-            out["image"] = await c.call_tool("image", {"h5file": "s.h5", "lines": ["Fe K", "Sr K"]})
+            out["norm_ref"] = await c.call_tool("normalise", {"h5file": "ref.h5"})
+            out["detlim"] = await c.call_tool("detlim", {"h5file": "ref.h5", "cnc": "nist613.cnc"})
+            out["quant"] = await c.call_tool("quantify", {"h5file": "s.h5", "references": ["ref.h5"]})
+            out["cluster"] = await c.call_tool("cluster", {"h5file": "s.h5", "method": "kmeans", "n": 3})
+            out["image"] = await c.call_tool("image", {"h5file": "s.h5", "dataset": "norm/channel00/ims",
+                                                       "lines": ["Fe K", "Sr K"]})
             out["overview"] = await c.call_tool("image", {"h5file": "s.h5", "scale": "sqrt"})
             out["sum"] = await c.call_tool("sum_spectrum", {"h5file": "s.h5", "channel": "channel01",
                                                             "max_points": 128})
-        return out
-    r = anyio.run(go)
+            out["inspect"] = await c.call_tool("inspect", {"h5file": "s.h5"})
+        return names, out
+    names, r = anyio.run(go)
+    assert EXPECTED_TOOLS <= names
     for k, v in r.items():
         assert not v.is_error, (k, text(v))
     assert r["sim"].structured_content["grid"] == [ROWS, COLS]
-
-    # the same chain through xrfproc.api on a copy of the simulated file
-    d = tmp_path / "direct" / "s.h5"
-    els = api.suggest_elements(d, 18.0)
-    assert r["els"].structured_content["elements"] == els
+    assert json.loads(r["sim"].content[0].text)["channels"] == ["channel00", "channel01"]
+    els = r["els"].structured_content["elements"]
     assert {"Fe", "Cu", "Zn", "Sr"} <= set(els)
-    cfg = api.make_config(d, els, 18.0)
-    assert Path(cfg).read_text() == (root / r["cfg"].structured_content["config"]).read_text()
-    fit = api.fit(d, cfg, mode="fast")
-    norm = api.normalise(d)
+    assert r["cfg"].structured_content["config"] == "c.cfg" and "Fe" in (root / "c.cfg").read_text()
 
+    f = h5py.File(root / "s.h5", "r")
+    # fit: the summary describes the maps written; progress in spectra fitted, up to both channels
     got_fit = r["fit"].structured_content
     assert got_fit["mode"] == "fast" and set(got_fit["channels"]) == {"channel00", "channel01"}
-    for c, ch in fit["channels"].items():
-        g = got_fit["channels"][c]
-        assert g["names"] == ch["names"] and g["shape"] == ch["shape"] == [len(ch["names"]), ROWS, COLS]
-        for line, st in ch["lines"].items():
-            for key in ("min", "median", "max"):
-                assert g["lines"][line][key] == pytest.approx(st[key], rel=1e-12, abs=1e-12), (c, line, key)
-        for line, v in ch["sum_int"].items():
-            assert g["sum_int"][line] == pytest.approx(v, rel=1e-12)
-    for c, ch in norm["channels"].items():
-        g = r["norm"].structured_content["channels"][c]
-        for line, (lo, med, hi) in ch["stats"].items():
-            assert [g["lines"][line][k] for k in ("min", "median", "max")] == pytest.approx([lo, med, hi], rel=1e-12)
-    with h5py.File(root / "s.h5") as a, h5py.File(d) as b:
-        for key in ("fit/channel00/ims", "fit/channel01/stddev", "norm/channel00/ims", "norm/channel01/ims"):
-            np.testing.assert_array_equal(a[key][()], b[key][()])
-        fe = list(a["norm/channel00/names"].asstr()[()]).index("Fe K")
-        fe_map = a["norm/channel00/ims"][fe]
-
-    # progress: notifications in spectra fitted, increasing, ending at the total of both channels
-    assert len(progress) >= 2
+    for c, ch in got_fit["channels"].items():
+        ims, names_c = f[f"fit/{c}/ims"][()], list(f[f"fit/{c}/names"].asstr()[()])
+        assert ch["names"] == names_c and ch["shape"] == [len(names_c), ROWS, COLS] == list(ims.shape)
+        for i, line in enumerate(names_c):
+            good = ims[i][np.isfinite(ims[i])]
+            assert [ch["lines"][line][k] for k in ("min", "median", "max")] == pytest.approx(
+                [good.min(), np.median(good), good.max()], rel=1e-6), (c, line)
+        assert ch["sum_int"] == pytest.approx(dict(zip(names_c, f[f"fit/{c}/sum/int"][()].tolist())), rel=1e-6)
     dones = [p[0] for p in progress]
-    assert dones == sorted(dones) and progress[-1][0] == progress[-1][1] == 2 * ROWS * COLS
+    assert len(progress) >= 2 and dones == sorted(dones) and progress[-1][0] == progress[-1][1] == 2 * ROWS * COLS
 
-    insp = r["inspect"].structured_content
-    assert insp["grid"] == [ROWS, COLS] and insp["channels"] == ["channel00", "channel01"]
-    assert set(insp["steps"]) == {"fit", "norm"} and insp["steps"]["fit"]["parameters"]["mode"] == "fast"
+    # normalise: every map scaled by I0norm / I0 point by point
+    i0norm = r["norm"].structured_content["I0norm"]
+    i0 = f["raw/I0"][()]
+    fe = list(f["norm/channel00/names"].asstr()[()]).index("Fe K")
+    fe_map = f["norm/channel00/ims"][fe]
+    np.testing.assert_allclose(fe_map, f["fit/channel00/ims"][fe] * i0norm / i0, rtol=1e-5)
+
+    # detlim on the reference: yields and detection limits for the elements of NIST SRM 613
+    dl = r["detlim"].structured_content["channels"]["channel00"]
+    assert dl["yields"]["Fe K"] > 0 and dl["yields"]["Sr K"] > 0
+    assert 0 < dl["detection_limits_ppm_1s"]["Fe K"] < 1000 and 0 < dl["detection_limits_ppm_1s"]["Sr K"] < 1000
+
+    # quantify: each normalised map divided by the reference's yield of its line (one unit factor)
+    q = r["quant"].structured_content["summary"]
+    qnames = list(f["quant/channel00/names"].asstr()[()])
+    assert q["unit"] == f["quant/channel00/ims"].attrs["unit"] == "ug/cm^2" and {"Fe K", "Sr K"} <= set(qnames)
+    with h5py.File(root / "ref.h5", "r") as ref:
+        ynames = list(ref["elyield/nist613/channel00/names"].asstr()[()])
+        ref_yield = dict(zip(ynames, ref["elyield/nist613/channel00/yield"][()]))
+    qy = f["quant/channel00/yield"][()]
+    nnames = list(f["norm/channel00/names"].asstr()[()])
+    factors = []
+    for i, line in enumerate(qnames):
+        assert qy[i] == pytest.approx(ref_yield[line], rel=1e-12), line
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = f["quant/channel00/ims"][i] * qy[i] / f["norm/channel00/ims"][nnames.index(line)]
+        factors.append(ratio[np.isfinite(ratio)])
+        assert q["channels"]["channel00"]["mean"][line] == pytest.approx(
+            float(np.nanmean(f["quant/channel00/ims"][i])), rel=1e-5)
+    allf = np.concatenate(factors)
+    assert allf.size > 0 and np.ptp(allf) <= 1e-5 * abs(allf.mean())
+
+    # cluster: K-means labels 0..2 on the grid
+    labels = f["kmeans/channel00/ims"][()] if "kmeans/channel00/ims" in f else f["kmeans/ims"][()]
+    assert labels.shape[-2:] == (ROWS, COLS) and set(np.unique(labels[np.isfinite(labels)]).astype(int)) <= {0, 1, 2}
 
     # image: image content that decodes as PNG, the file written, the stats of the drawn map
     img = r["image"]
@@ -179,24 +210,30 @@ def test_full_chain_matches_direct_api(tmp_path):
     assert sc["lines"]["Fe K"]["max"] == pytest.approx(float(np.nanmax(fe_map)), rel=1e-6)
     assert sc["lines"]["Fe K"]["median"] == pytest.approx(float(np.nanmedian(fe_map)), rel=1e-6)
 
-    # all lines of the channel (the imaging step's overview figure once the api has it)
+    # all lines of the most processed group (quant/): the imaging step's overview figure
     ov = r["overview"]
     ov_png = base64.b64decode([c for c in ov.content if c.type == "image"][0].data)
     assert ov_png[:8] == b"\x89PNG\r\n\x1a\n" and (root / ov.structured_content["png"]).read_bytes() == ov_png
-    assert ov.structured_content["shape"] == [len(fit["channels"]["channel00"]["names"]), ROWS, COLS]
+    assert ov.structured_content["dataset"] == "quant/channel00/ims"
+    assert ov.structured_content["shape"] == [len(qnames), ROWS, COLS]
 
     # sum spectrum: binned data that adds up to the raw sum, the fit, the peaks found, a PNG
     s = r["sum"].structured_content
-    with h5py.File(d) as b:
-        raw_sum = b["raw/channel01/spectra"][()].reshape(-1, b["raw/channel01/spectra"].shape[-1]).sum(axis=0)
+    raw_sum = f["raw/channel01/spectra"][()].reshape(-1, f["raw/channel01/spectra"].shape[-1]).sum(axis=0)
     assert len(s["counts"]) <= 128 and s["binning"] * len(s["counts"]) <= raw_sum.size
     assert sum(s["counts"]) == pytest.approx(raw_sum[: s["binning"] * len(s["counts"])].sum())
-    assert {f["name"] for f in s["fitted"]} == set(fit["channels"]["channel01"]["names"])
-    fitted = {f["name"]: f for f in s["fitted"]}
-    assert fitted["Fe K"]["area"] == pytest.approx(fit["channels"]["channel01"]["sum_int"]["Fe K"], rel=1e-9)
+    assert {x["name"] for x in s["fitted"]} == set(got_fit["channels"]["channel01"]["names"])
+    fitted = {x["name"]: x for x in s["fitted"]}
+    assert fitted["Fe K"]["area"] == pytest.approx(got_fit["channels"]["channel01"]["sum_int"]["Fe K"], rel=1e-9)
     assert fitted["Fe K"]["energy_keV"] == pytest.approx(6.40, abs=0.01)
     assert {"Fe", "Sr"} <= {p["element"] for p in s["peaks"]}
     assert any(c.type == "image" for c in r["sum"].content) and (root / s["png"]).is_file()
+
+    insp = r["inspect"].structured_content
+    assert insp["grid"] == [ROWS, COLS] and insp["channels"] == ["channel00", "channel01"]
+    assert {"fit", "norm", "quant", "kmeans"} <= set(insp["steps"])
+    assert insp["steps"]["fit"]["parameters"]["mode"] == "fast"
+    f.close()
 
 
 def test_path_escapes_refused(root, tmp_path):
@@ -307,20 +344,6 @@ def test_http_binding_rules(tmp_path):
     assert anyio.run(request, []) == 401
     assert anyio.run(request, [(b"authorization", b"Bearer wrong")]) == 401
     assert anyio.run(request, [(b"authorization", b"Bearer s3cret")]) == 200 and len(reached) == 1
-
-
-def test_stdio_transport(root):
-    params = StdioServerParameters(command=sys.executable, args=["-m", "xrfproc.server", "--root", str(root)],
-                                   cwd=str(root))
-
-    async def go() -> tuple[list[str], Any]:
-        async with Client(params) as c:
-            names = [t.name for t in (await c.list_tools()).tools]
-            return names, await c.call_tool("inspect", {"h5file": "map.h5"})
-    names, res = anyio.run(go)
-    assert EXPECTED_TOOLS <= set(names)
-    assert not res.is_error and res.structured_content["grid"] == [ROWS, COLS]
-    assert json.loads(res.content[0].text)["channels"] == ["channel00", "channel01"]
 
 
 def test_tools_for_new_api_functions_appear_when_the_api_has_them(root, monkeypatch):

@@ -1,7 +1,12 @@
 """Every recipe in recipes/ on simulated data: parsed and checked always; run fully when all its
-steps exist in xrfproc.api (recipes waiting for a step are listed and skipped after the check)."""
+steps exist in xrfproc.api (recipes waiting for a step are listed and skipped after the check).
+
+The data are small maps made once per session (a 6 x 8 sample of the demo phantom and a 3 x 3 NIST
+SRM 613 map, under the demo's file names) and copied for each test; the demo recipe's
+demo_dataset step writes these small maps too (the full-size demo is tested in test_simulate)."""
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
@@ -15,15 +20,63 @@ from xrfproc.errors import RecipeError
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
 RECIPES = sorted(RECIPE_DIR.glob("*.xrf"))
-#: overrides that keep the runs small and fast (the precise fit of every pixel takes minutes)
-FAST = {"precise.xrf": ["--set", "mode=fast"]}
+#: overrides that keep the runs small and fast (the precise fit of every pixel takes minutes; a
+#: correlation plot of 3 elements draws 9 panels instead of 25)
+FAST = {"precise.xrf": ["--set", "mode=fast"], "clustering.xrf": ["--set", "elements=[Fe, Zn, Sr]"]}
+#: image steps (matplotlib, seconds each): each distinct call runs once per session
+IMAGE_STEPS = ("overview_images", "correlation_plot")
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("recipe-data") / "data"
-    api.demo_dataset(folder, seed=3)
+    folder.mkdir()
+    api.simulate(folder / "demo_sample.h5", rows=6, cols=8, seed=3)
+    api.simulate_reference(folder / "demo_nist613.h5", "nist613", rows=3, cols=3, seed=4)
     return folder
+
+
+@pytest.fixture(scope="module")
+def images_seen():
+    return {}
+
+
+@pytest.fixture()
+def images_once(images_seen, monkeypatch):
+    """Image steps drawn for real once per distinct call (options other than the file and the
+    output): their PNGs are checked; a repeated call (the same figure of another recipe's file)
+    checks that the group to draw exists and returns the first call's files."""
+    def once(fn):
+        @functools.wraps(fn)
+        def wrapper(h5file, *args, **kwargs):
+            key = (fn.__name__, args, tuple(sorted((k, repr(v)) for k, v in kwargs.items() if k != "out")))
+            if key in images_seen:
+                with h5py.File(h5file, "r") as f:
+                    assert kwargs.get("datadir", "norm").split("/")[0] in f
+                return images_seen[key]
+            out = fn(h5file, *args, **kwargs)
+            for png in (out if isinstance(out, list) else [out]):
+                assert Path(png).read_bytes()[:8] == PNG, png
+            images_seen[key] = out
+            return out
+        return wrapper
+    for name in IMAGE_STEPS:
+        monkeypatch.setattr(api, name, once(getattr(api, name)))
+
+
+@pytest.fixture()
+def small_demo(demo_data, monkeypatch):
+    """``api.demo_dataset`` writing the small maps (same signature, so recipes check and run as usual)."""
+    real = api.demo_dataset
+
+    def demo_dataset(folder, seed: int = 0, snake: bool = False):
+        folder = Path(folder)
+        shutil.copytree(demo_data, folder, dirs_exist_ok=True)
+        return folder / "demo_sample.h5", folder / "demo_nist613.h5"
+    demo_dataset.__doc__ = real.__doc__
+    demo_dataset.__annotations__ = dict(real.__annotations__)
+    monkeypatch.setattr(api, "demo_dataset", demo_dataset)
 
 
 def _called_steps(stmts) -> set[str]:
@@ -44,7 +97,7 @@ def test_there_are_recipes():
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
-def test_recipe(recipe, demo_data, tmp_path):
+def test_recipe(recipe, demo_data, small_demo, images_once, tmp_path):
     shutil.copytree(RECIPE_DIR, tmp_path / "recipes")
     shutil.copytree(demo_data, tmp_path / "recipes" / "data")
     path = tmp_path / "recipes" / recipe.name

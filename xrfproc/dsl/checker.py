@@ -9,16 +9,12 @@ that do not load. Loops are expanded, pipelines inlined, variables substituted a
 (:class:`Pending`) filled in by the runner.
 
 Paths in a recipe are relative to the folder of the recipe given to ``xrfrun`` (the main recipe,
-also for statements in included files). A ``.cnc`` file name without a folder that is not found
-there is looked up in the reference-material library (``$XRFPROC_CNC_DIR``).
+also for statements in included files); see :mod:`xrfproc.dsl.paths`. A ``path_check`` (the MCP
+server's data roots) sees every file the recipe names, inputs, outputs and the folders and
+matches of ``for`` patterns, before anything runs; a refused path is a recipe error at its line.
 """
 from __future__ import annotations
 
-import difflib
-import fnmatch
-import glob as _glob
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,99 +22,19 @@ from ..errors import RecipeError, XrfError
 from . import parser as P
 from . import signatures as S
 from . import units
+from .paths import RecipePaths
+from .plan import PathCheck, Pending, Plan, PlannedStep, kind, kinds_words, show, suggest
+
+__all__ = ["check", "Checker", "Pending", "Plan", "PlannedStep", "PathCheck", "suggest"]
 
 MAX_PIPELINE_DEPTH = 20
 MAX_STEPS = 100_000
-
-
-@dataclass(frozen=True)
-class Pending:
-    """The result of an earlier step (``let x = step ...``), known only when it has run."""
-
-    number: int
-    step: str
-
-    def __str__(self) -> str:
-        return f"<result of step {self.number} ({self.step})>"
-
-
-@dataclass
-class PlannedStep:
-    """One call of an api function, with its arguments checked and converted."""
-
-    number: int
-    name: str
-    spec: S.StepSpec
-    kwargs: dict[str, Any]
-    pos: P.Pos
-    result_var: str | None = None
-    produces: list[Path] = field(default_factory=list)
-    context: str = ""
-    arg_pos: dict[str, P.Pos] = field(default_factory=dict)
-
-    def describe(self, base: Path | None = None) -> str:
-        """``fit data/x.h5 config=data/x.cfg mode=fast`` (paths shown relative to ``base``)."""
-        return f"{self.name} " + " ".join(f"{k}={_show(v, base)}" for k, v in self.kwargs.items())
-
-    @property
-    def target(self) -> str:
-        """The file the step works on (its first argument), for summaries."""
-        for v in self.kwargs.values():
-            return str(v)
-        return ""
-
-
-@dataclass
-class Plan:
-    """A checked recipe: the steps in order and the folder paths are relative to."""
-
-    path: str
-    base: Path
-    steps: list[PlannedStep]
-    sources: P.Sources
-    variables: dict[str, Any] = field(default_factory=dict)
-
-
-def _show(v: Any, base: Path | None) -> str:
-    if isinstance(v, list):
-        return "[" + ", ".join(_show(i, base) for i in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {_show(i, base)}" for k, i in v.items()) + "}"
-    if isinstance(v, str):
-        if base is not None and os.path.isabs(v):
-            try:
-                v = os.path.relpath(v, base)
-            except ValueError:
-                pass
-        return f'"{v}"'
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v is None:
-        return "none"
-    return str(v)
 
 
 class _Err(Exception):
     def __init__(self, message: str, pos: P.Pos):
         super().__init__(message)
         self.message, self.pos = message, pos
-
-
-def suggest(word: str, candidates: list[str]) -> str:
-    """`` (did you mean 'x'?)`` or an empty string."""
-    near = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
-    if not near:
-        low = {c.lower(): c for c in candidates}
-        near = [low[word.lower()]] if word.lower() in low else []
-    return f" (did you mean '{near[0]}'?)" if near else ""
-
-
-def _cnc_library(name: str) -> Path | None:
-    try:
-        from ..core.cnc import bundled_cnc
-        return bundled_cnc(name)
-    except (XrfError, ImportError):
-        return None
 
 
 def _choices() -> dict[tuple[str, str], tuple[str, ...]]:
@@ -136,11 +52,13 @@ def _choices() -> dict[tuple[str, str], tuple[str, ...]]:
     return out
 
 
+
 class Checker:
     """Walks the statements with an environment of variables and builds the plan."""
 
     def __init__(self, program: P.Program, base: Path, overrides: dict[str, P.Node] | None = None,
-                 specs: dict[str, S.StepSpec] | None = None, check_files: bool = True):
+                 specs: dict[str, S.StepSpec] | None = None, check_files: bool = True,
+                 path_check: PathCheck | None = None):
         self.program, self.base = program, base
         self.sources = program.sources
         self.overrides = dict(overrides or {})
@@ -157,6 +75,8 @@ class Checker:
         self.groups_done: set[tuple[str, str]] = set()
         self.missing_reported: set[str] = set()
         self._where: dict[str, P.Pos] = {}
+        self.path_check = path_check
+        self.paths = RecipePaths(base, self.produced, path_check)
 
     # ------------------------------------------------------------------ errors
     def error(self, message: str, pos: P.Pos, context: str = "") -> None:
@@ -188,7 +108,7 @@ class Checker:
             err = RecipeError("\n".join(str(e) for e in self.errors))
             err.errors = self.errors  # type: ignore[attr-defined]
             raise err
-        return Plan(self.program.path, self.base, self.steps, self.sources, env)
+        return Plan(self.program.path, self.base, self.steps, self.sources, env, self.path_check)
 
     def define_pipeline(self, st: P.Pipeline) -> None:
         if st.name in self.specs:
@@ -249,19 +169,17 @@ class Checker:
         if isinstance(value, str):
             if not any(ch in value for ch in "*?["):
                 return [value]
-            root = str(self.base)
-            found = set(_glob.glob(value, root_dir=root) if not os.path.isabs(value) else _glob.glob(value))
-            pattern = value if os.path.isabs(value) else os.path.normpath(os.path.join(root, value))
-            for p in self.produced:
-                if fnmatch.fnmatch(p, pattern):
-                    found.add(p if os.path.isabs(value) else os.path.relpath(p, root))
+            try:
+                found = self.paths.glob(value)
+            except XrfError as exc:
+                raise _Err(str(exc), node.pos) from None
             if not found:
                 raise _Err(f"no file matches '{value}' (paths are relative to {self.base})", node.pos)
-            return sorted(found)
+            return found
         if isinstance(value, Pending):
             raise _Err("a loop cannot run over the result of a step (it is known only when the recipe runs)",
                        node.pos)
-        raise _Err(f"'for' runs over a list or a file pattern like \"scans/*.h5\", got {_kind(value)}", node.pos)
+        raise _Err(f"'for' runs over a list or a file pattern like \"scans/*.h5\", got {kind(value)}", node.pos)
 
     # ------------------------------------------------------------------ values
     def evaluate(self, node: P.Node, env: dict[str, Any]) -> Any:
@@ -273,8 +191,8 @@ class Checker:
                     continue
                 v = self.lookup(part, env)
                 if isinstance(v, (list, dict, Pending)) or v is None:
-                    raise _Err(f"${{{part.name}}} is {_kind(v)} and cannot be put into a string", part.pos)
-                out.append(_show(v, None).strip('"') if not isinstance(v, str) else v)
+                    raise _Err(f"${{{part.name}}} is {kind(v)} and cannot be put into a string", part.pos)
+                out.append(show(v, None).strip('"') if not isinstance(v, str) else v)
             return "".join(out)
         if isinstance(node, P.Num):
             return node.value
@@ -333,6 +251,11 @@ class Checker:
 
         for message, pos in validate_step(self, planned, call):
             self.error(message, pos, context)
+        for out in planned.produces:  # files a step writes without the recipe naming them
+            try:
+                self.paths.verify(str(out), "output", output=True)
+            except XrfError as exc:
+                self.error(str(exc), call.pos, context)
         self.steps.append(planned)
         return Pending(number, spec.name) if result_var is not None else None
 
@@ -385,7 +308,10 @@ class Checker:
         """Check a value against the parameter's kinds, convert units and resolve paths."""
         p = spec.params.get(name)
         if p is None:  # an open **option
-            return self._plain(value, name, pos)
+            try:
+                return self.paths.option(self._plain(value, name, pos), name)
+            except XrfError as exc:
+                raise _Err(str(exc), pos) from None
         if isinstance(value, Pending):
             return value
         if isinstance(value, units.Quantity):
@@ -413,20 +339,16 @@ class Checker:
         else:
             ok = False
         if not ok:
-            raise _Err(f"'{name}' of '{spec.name}' expects {_kinds_words(kinds)}, got {_kind(value)}", pos)
+            raise _Err(f"'{name}' of '{spec.name}' expects {kinds_words(kinds)}, got {kind(value)}", pos)
         if isinstance(value, list):
             value = [self._plain(v, name, pos) for v in value]
-        if p.is_path:
-            value = self.resolve_path(value)
-        elif isinstance(value, list):  # file names inside lists (absorb=[[Fe], "matrix.cnc"])
-            value = self._resolve_files(value)
-        return value
-
-    def _resolve_files(self, value: Any) -> Any:
-        if isinstance(value, list):
-            return [self._resolve_files(v) for v in value]
-        if isinstance(value, str) and value.endswith((".cnc", ".cfg", ".h5")):
-            return self.resolve_path(value)
+        try:
+            if p.is_path:
+                value = self.paths.resolve(value, name, output=p.is_output)
+            elif isinstance(value, list):  # file names inside lists (absorb=[[Fe], "matrix.cnc"])
+                value = self.paths.resolve_files(value, name)
+        except XrfError as exc:
+            raise _Err(str(exc), pos) from None
         return value
 
     def _plain(self, value: Any, name: str, pos: P.Pos) -> Any:
@@ -440,20 +362,8 @@ class Checker:
         return value
 
     def resolve_path(self, value: Any) -> Any:
-        if isinstance(value, list):
-            return [self.resolve_path(v) for v in value]
-        if isinstance(value, str) and value:
-            p = Path(os.path.expanduser(value))
-            if not p.is_absolute():
-                cand = self.base / p
-                if value.endswith(".cnc") and len(p.parts) == 1 and not cand.exists() \
-                        and str(cand) not in self.produced:
-                    lib = _cnc_library(value)
-                    if lib is not None:
-                        return str(lib)
-                p = cand
-            return os.path.normpath(str(p))
-        return value
+        """A path (or list) made absolute against the recipe's folder (and checked)."""
+        return self.paths.resolve(value)
 
     def expand_pipeline(self, call: P.Call, env: dict[str, Any], context: str, depth: int) -> None:
         pl = self.pipelines[call.step]
@@ -493,43 +403,13 @@ class Checker:
         self.block(pl.body, inner, False, context or note, depth + 1)
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "none"
-    if isinstance(value, (int, float)):
-        return f"the number {_show(value, None)}"
-    if isinstance(value, units.Quantity):
-        return f"the quantity {value}"
-    if isinstance(value, str):
-        return f"the text \"{value}\""
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping {...}"
-    if isinstance(value, Pending):
-        return str(value)
-    return type(value).__name__
-
-
-def _kinds_words(kinds: frozenset[str]) -> str:
-    words = {"str": "text", "path": "a file path", "float": "a number", "int": "a whole number",
-             "bool": "true/false", "none": "none", "list": "a list", "dict": "a list"}
-    ws = []
-    if "float" in kinds:
-        kinds = kinds - {"int"}
-    for k in ("path", "str", "float", "int", "bool", "list", "dict", "none"):
-        if k in kinds and words[k] not in ws:
-            if k == "str" and "path" in kinds:
-                continue
-            ws.append(words[k])
-    return " or ".join(ws) if ws else "another value"
-
-
 def check(program: P.Program, base: str | Path | None = None, overrides: dict[str, P.Node] | None = None,
-          check_files: bool = True) -> Plan:
+          check_files: bool = True, path_check: PathCheck | None = None) -> Plan:
     """Validate ``program`` and return its plan; raises :class:`RecipeError` listing every problem
-    (``err.errors`` holds them one by one)."""
+    (``err.errors`` holds them one by one).
+
+    ``base`` is the folder relative paths start from (default the recipe's folder); ``path_check``
+    sees every file the recipe names before anything runs (see :data:`PathCheck`).
+    """
     base = Path(base) if base is not None else program.folder
-    return Checker(program, base.resolve(), overrides, check_files=check_files).run()
+    return Checker(program, base.resolve(), overrides, check_files=check_files, path_check=path_check).run()

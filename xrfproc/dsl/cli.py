@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from .._version import __version__
@@ -23,7 +22,8 @@ from ..errors import RecipeError, XrfError
 from . import checker, parser, runner
 
 
-def _overrides(pairs: Sequence[str]) -> dict[str, parser.Node]:
+def parse_overrides(pairs: Sequence[str]) -> dict[str, parser.Node]:
+    """``--set NAME=VALUE`` pairs -> ``{name: value node}``; a value that is not a recipe value is text."""
     out: dict[str, parser.Node] = {}
     for pair in pairs:
         name, eq, text = pair.partition("=")
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.recipe:
             ap.error("a recipe file is needed (or --export FILE.h5)")
         program = parser.parse(args.recipe)
-        plan = checker.check(program, overrides=_overrides(args.sets))
+        plan = checker.check(program, overrides=parse_overrides(args.sets))
         start = runner.find_start(plan, args.start) if args.start else 1
         if args.check:
             print(f"{args.recipe}: OK ({len(plan.steps)} steps)")

@@ -1,178 +1,37 @@
 """Parse ``.xrf`` recipe text into a small tree of dataclasses (positions kept for error messages).
 
 The grammar is ``grammar.lark`` (package data), parsed by lark's LALR parser with a postlexer that
-turns indentation into block tokens. Every problem is raised as :class:`xrfproc.errors.RecipeError`
-formatted as ``file:line:col: message`` followed by the source line and a caret under the column.
-Nothing in a recipe is ever evaluated as Python.
+turns indentation into block tokens. The tree's classes live in :mod:`.nodes` (re-exported here)
+and the wording of syntax errors in :mod:`.syntax_errors`. Every problem is raised as
+:class:`xrfproc.errors.RecipeError` formatted as ``file:line:col: message`` followed by the source
+line and a caret under the column. Nothing in a recipe is ever evaluated as Python.
 """
 from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Callable, Iterator
 
 import lark
-from lark.indenter import Indenter
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+from lark.exceptions import LarkError, UnexpectedInput, VisitError
+from lark.indenter import Indenter
 
-from ..errors import RecipeError
+from ..errors import RecipeError, XrfError
+from .nodes import (Arg, Call, Const, DictExpr, Dims, For, Let, ListExpr, Node, Num, Param, Pipeline, Pos, Program,
+                    Qty, Sources, Str, Var, Word, recipe_error)
+from .syntax_errors import syntax_message
+
+__all__ = ["parse", "parse_string", "parse_text", "parse_value", "IncludeCheck", "Pos", "Sources", "recipe_error",
+           "Node", "Str", "Num", "Qty", "Dims", "Word", "Var", "Const", "ListExpr", "DictExpr", "Arg", "Call", "Let",
+           "For", "Param", "Pipeline", "Program"]
 
 MAX_INCLUDE_DEPTH = 16
 
-
-# --------------------------------------------------------------------------- positions and errors
-@dataclass(frozen=True)
-class Pos:
-    """Where something is in a recipe: the file as the user named it, 1-based line and column."""
-
-    file: str
-    line: int
-    col: int
-
-
-class Sources:
-    """The text of every recipe file read, to quote the offending line in messages."""
-
-    def __init__(self) -> None:
-        self.text: dict[str, str] = {}
-
-    def line(self, file: str, line: int) -> str | None:
-        text = self.text.get(file)
-        if text is None:
-            return None
-        lines = text.splitlines()
-        return lines[line - 1] if 1 <= line <= len(lines) else None
-
-
-def recipe_error(message: str, pos: Pos | None, sources: Sources | None = None) -> RecipeError:
-    """A :class:`RecipeError` saying ``file:line:col: message``, the source line and a caret."""
-    if pos is None:
-        return RecipeError(message)
-    src = sources.line(pos.file, pos.line) if sources is not None else None
-    body = message
-    if src is not None:
-        shown = src.replace("\t", " ")
-        col = max(1, min(pos.col, len(shown) + 1))
-        body += f"\n    {shown}\n    {' ' * (col - 1)}^"
-    err = RecipeError(body, path=pos.file, dataset=f"{pos.line}:{pos.col}")
-    err.short = f"{pos.file}:{pos.line}:{pos.col}: {message}"  # type: ignore[attr-defined]
-    err.pos = pos  # type: ignore[attr-defined]
-    return err
-
-
-# --------------------------------------------------------------------------- the tree
-@dataclass
-class Node:
-    pos: Pos
-
-
-@dataclass
-class Str(Node):
-    """A string; ``parts`` alternates text and :class:`Var` references from ``${name}``."""
-
-    parts: list[Union[str, "Var"]]
-
-
-@dataclass
-class Num(Node):
-    value: int | float
-
-
-@dataclass
-class Qty(Node):
-    """A number with a unit (``15um``, ``18 keV``); converted where it meets a parameter."""
-
-    value: float
-    unit: str
-
-
-@dataclass
-class Dims(Node):
-    rows: int
-    cols: int
-
-
-@dataclass
-class Word(Node):
-    """A bare word in argument position: text (``mode=fast``, ``[Fe, Cu]``)."""
-
-    text: str
-
-
-@dataclass
-class Var(Node):
-    name: str
-
-
-@dataclass
-class Const(Node):
-    value: bool | None
-
-
-@dataclass
-class ListExpr(Node):
-    items: list[Node]
-
-
-@dataclass
-class DictExpr(Node):
-    """``{Fe: [Ka, Kb], "Pb": L}``: keys are names or strings."""
-
-    items: list[tuple[str, Node]]
-
-
-@dataclass
-class Arg(Node):
-    """``name=value``, a bare flag (``value`` is true) or a positional value (``name`` None)."""
-
-    name: str | None
-    value: Node
-
-
-@dataclass
-class Call(Node):
-    step: str
-    args: list[Arg]
-    out: Node | None = None
-
-
-@dataclass
-class Let(Node):
-    name: str
-    value: Node  # an expression or a Call
-
-
-@dataclass
-class For(Node):
-    var: str
-    iterable: Node
-    body: list[Node]
-
-
-@dataclass
-class Param(Node):
-    name: str
-    default: Node | None
-
-
-@dataclass
-class Pipeline(Node):
-    name: str
-    params: list[Param]
-    body: list[Node]
-
-
-@dataclass
-class Program:
-    """A parsed recipe with its includes spliced in, and the text of every file read."""
-
-    path: str
-    statements: list[Node]
-    sources: Sources = field(default_factory=Sources)
-    folder: Path = field(default_factory=Path)  # the folder relative paths in the recipe start from
+#: called with the path of an included recipe before it is read; raises :class:`XrfError` to refuse it
+IncludeCheck = Callable[[Path], None]
 
 
 # --------------------------------------------------------------------------- lark plumbing
@@ -388,113 +247,6 @@ class _Positioned(Exception):
         self.message, self.pos = message, pos
 
 
-# --------------------------------------------------------------------------- friendly syntax errors
-_TOKEN_WORDS = {
-    "NAME": "a name", "VAR": "a $variable", "STRING": "a string", "NUMBER": "a number", "QUANTITY": "a number with a unit",
-    "DIMS": "dimensions like 10x20", "_NL": "the end of the line", "_INDENT": "an indented block",
-    "_DEDENT": "the end of the block", "EQUAL": "'='", "LSQB": "'['", "RSQB": "']'", "LPAR": "'('", "RPAR": "')'",
-    "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','", "COLON": "':'", "__ANON_0": "'->'", "$END": "the end of the recipe", "LET": "'let'",
-    "FOR": "'for'", "IN": "'in'", "PIPELINE": "'pipeline'", "INCLUDE": "'include'", "TRUE": "'true'",
-    "FALSE": "'false'", "NONE": "'none'", "MORETHAN": "'->'",
-}
-
-
-def _describe_token(tok: Token) -> str:
-    t = tok.type
-    if t == "_NL":
-        return "end of line"
-    if t == "$END":
-        return "end of the recipe"
-    if t == "_INDENT":
-        return "indentation"
-    if t == "_DEDENT":
-        return "end of the indented block"
-    if t == "STRING":
-        return f"string {tok}"
-    if t == "NAME":
-        return f"name '{tok}'"
-    if t in ("NUMBER", "QUANTITY", "DIMS"):
-        return f"number '{tok}'"
-    if t == "VAR":
-        return f"variable '{tok}'"
-    return f"'{tok}'"
-
-
-def _expected(expected: set[str]) -> str:
-    values = {"STRING", "NUMBER", "QUANTITY", "DIMS", "VAR", "LSQB", "TRUE", "FALSE", "NONE"}
-    words: list[str] = []
-    exp = set(expected)
-    if values <= exp:
-        words.append("a value")
-        exp -= values
-    for t in sorted(exp, key=lambda t: (t.startswith("_"), t)):
-        w = _TOKEN_WORDS.get(t)
-        if w is None:
-            w = f"'{t.lower()}'" if t.isalpha() else t
-        if w not in words:
-            words.append(w)
-    if not words:
-        return ""
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
-
-
-def _syntax_message(exc: UnexpectedInput, text: str) -> tuple[str, int, int]:
-    line, col = getattr(exc, "line", 1) or 1, getattr(exc, "column", 1) or 1
-    if isinstance(exc, UnexpectedCharacters):
-        ch = text[exc.pos_in_stream] if 0 <= exc.pos_in_stream < len(text) else ""
-        if ch == '"':
-            return "unterminated string (a string ends with '\"' on the same line)", line, col
-        if ch == "$":
-            return "a variable is '$' followed by a name", line, col
-        if ch == "\t" or ch == " ":
-            return "unexpected whitespace", line, col
-        shown = ch if ch.isprintable() else repr(ch)
-        return f"unexpected character '{shown}'", line, col
-    if isinstance(exc, UnexpectedToken):
-        tok = exc.token
-        if tok.type == "$END":
-            line, col = _end_pos(text)
-        if tok.type == "_INDENT":
-            return "unexpected indentation (only the body of 'for' and 'pipeline' is indented)", line, col
-        exp = _expected(set(exc.expected) if exc.expected else set())
-        if _after_colon(text, line) and tok.type != "_INDENT":
-            return "expected an indented block after ':'", line, col
-        if tok.type == "_DEDENT" and "_INDENT" in (exc.expected or ()):
-            return "expected an indented block after ':'", line, col
-        msg = f"unexpected {_describe_token(tok)}"
-        if exp:
-            msg += f" (expected {exp})"
-        if tok.type in ("STRING", "VAR", "NUMBER", "QUANTITY", "DIMS", "LSQB") and "NAME" in (exc.expected or ()) \
-                and "_NL" not in (exc.expected or ()):
-            msg = f"unexpected {_describe_token(tok)}: a statement starts with a step name or 'let', 'for', " \
-                  "'pipeline', 'include'"
-        return msg, line, col
-    if isinstance(exc, UnexpectedEOF):
-        line, col = _end_pos(text)
-        return "unexpected end of the recipe", line, col
-    return str(exc).splitlines()[0], line, col
-
-
-def _after_colon(text: str, line: int) -> bool:
-    """The last code line before ``line`` ends with ':' and ``line`` is not indented deeper."""
-    lines = text.splitlines()
-    if not 1 <= line <= len(lines):
-        return False
-    here = lines[line - 1]
-    for prev in reversed(lines[: line - 1]):
-        code = prev.split("#", 1)[0].rstrip() if '"' not in prev else prev.rstrip()
-        if not code.strip():
-            continue
-        indent = len(here) - len(here.lstrip())
-        return code.endswith(":") and indent <= len(prev) - len(prev.lstrip())
-    return False
-
-
-def _end_pos(text: str) -> tuple[int, int]:
-    lines = text.rstrip("\n").splitlines() or [""]
-    return len(lines), len(lines[-1]) + 1
-
-
 # --------------------------------------------------------------------------- entry points
 def parse_text(text: str, file: str = "<recipe>", sources: Sources | None = None) -> list[Node]:
     """Parse recipe text (includes are left as ``_Include`` nodes; :func:`parse` resolves them)."""
@@ -509,7 +261,7 @@ def parse_text(text: str, file: str = "<recipe>", sources: Sources | None = None
         raise recipe_error(f"this line's indentation matches no enclosing block (expected {exc.expected} spaces)",
                            Pos(file, exc.line, exc.col), sources) from None
     except UnexpectedInput as exc:
-        msg, line, col = _syntax_message(exc, src)
+        msg, line, col = syntax_message(exc, src)
         raise recipe_error(msg, Pos(file, line, col), sources) from None
     except VisitError as exc:
         inner = exc.orig_exc
@@ -538,11 +290,12 @@ def parse_value(text: str, where: str = "--set") -> Node:
         raise RecipeError(f"{where}: cannot read {text!r} as a value") from None
 
 
-def parse(path: str | Path, display: str | None = None) -> Program:
+def parse(path: str | Path, display: str | None = None, check_include: IncludeCheck | None = None) -> Program:
     """Parse a recipe file and the files it includes.
 
     ``include "x.xrf"`` paths are relative to the folder of the file that includes them; an
-    included file's statements take the place of the include statement.
+    included file's statements take the place of the include statement. ``check_include`` (the
+    MCP server's data roots) sees every included path before it is read and may refuse it.
     """
     path = Path(path)
     name = display if display is not None else str(path)
@@ -551,19 +304,21 @@ def parse(path: str | Path, display: str | None = None) -> Program:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"cannot read the recipe ({getattr(exc, 'strerror', None) or exc})", path=name) from None
-    stmts = _resolve_includes(parse_text(text, name, sources), path, name, sources, [path.resolve()])
+    stmts = _resolve_includes(parse_text(text, name, sources), path, name, sources, [path.resolve()], check_include)
     return Program(name, stmts, sources, path.resolve().parent)
 
 
-def parse_string(text: str, file: str = "<recipe>", folder: str | Path = ".") -> Program:
-    """Parse recipe text held in memory (includes relative to ``folder``)."""
+def parse_string(text: str, file: str = "<recipe>", folder: str | Path = ".",
+                 check_include: IncludeCheck | None = None) -> Program:
+    """Parse recipe text held in memory (includes relative to ``folder``; see :func:`parse`)."""
     sources = Sources()
     stmts = _resolve_includes(parse_text(text, file, sources), Path(folder) / file, file, sources,
-                              [(Path(folder) / file).resolve()])
+                              [(Path(folder) / file).resolve()], check_include)
     return Program(file, stmts, sources, Path(folder).resolve())
 
 
-def _resolve_includes(stmts: list[Node], path: Path, name: str, sources: Sources, stack: list[Path]) -> list[Node]:
+def _resolve_includes(stmts: list[Node], path: Path, name: str, sources: Sources, stack: list[Path],
+                      check: IncludeCheck | None = None) -> list[Node]:
     out: list[Node] = []
     for st in stmts:
         if isinstance(st, _Include):
@@ -572,6 +327,11 @@ def _resolve_includes(stmts: list[Node], path: Path, name: str, sources: Sources
             rel = st.target.parts[0]
             target = path.parent / rel
             tname = str(Path(name).parent / rel) if Path(rel).is_absolute() is False else rel
+            if check is not None:
+                try:
+                    check(target)
+                except XrfError as exc:
+                    raise recipe_error(f"include '{rel}' refused: {exc}", st.target.pos, sources) from None
             if target.resolve() in stack:
                 raise recipe_error(f"'{rel}' includes itself (through {len(stack)} file(s))", st.target.pos, sources)
             if len(stack) >= MAX_INCLUDE_DEPTH:
@@ -582,12 +342,9 @@ def _resolve_includes(stmts: list[Node], path: Path, name: str, sources: Sources
                 raise recipe_error(f"included recipe '{rel}' not found (paths are relative to this file's folder)",
                                    st.target.pos, sources) from None
             inner = parse_text(text, tname, sources)
-            out.extend(_resolve_includes(inner, target, tname, sources, stack + [target.resolve()]))
-        elif isinstance(st, For):
-            st.body = _resolve_includes(st.body, path, name, sources, stack)
-            out.append(st)
-        elif isinstance(st, Pipeline):
-            st.body = _resolve_includes(st.body, path, name, sources, stack)
+            out.extend(_resolve_includes(inner, target, tname, sources, stack + [target.resolve()], check))
+        elif isinstance(st, (For, Pipeline)):
+            st.body = _resolve_includes(st.body, path, name, sources, stack, check)
             out.append(st)
         else:
             out.append(st)

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, Callable, ContextManager, Iterator, TextIO
 
 from ..errors import RecipeError, XrfError
 from ..progress import terminal_bar
@@ -103,9 +103,33 @@ def _no_bar(description: str) -> Iterator[Callable[..., None]]:
     yield lambda done, total, message="": None
 
 
+#: ``progress_for(step, total_steps)`` -> a context manager yielding the step's ``progress(done, total, message)``
+ProgressFactory = Callable[[PlannedStep, int], ContextManager[Callable[..., None]]]
+
+
+def _check_late_paths(plan: Plan, st: PlannedStep, kwargs: dict[str, Any]) -> None:
+    """Apply the plan's path check to file arguments that were step results (known only now)."""
+    if plan.path_check is None:
+        return
+    for name, value in st.kwargs.items():
+        p = st.spec.params.get(name)
+        if p is None or not p.is_path or not _uses(value):
+            continue
+        got = kwargs[name]
+        for v in (got if isinstance(got, (list, tuple)) else [got]):
+            if isinstance(v, (str, os.PathLike)):
+                full = os.path.normpath(os.path.join(plan.base, os.fspath(v)))
+                plan.path_check(full, what=name, output=p.is_output)
+
+
 def run_plan(plan: Plan, start: int = 1, resume: bool = False, bar: bool = True,
-             on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+             on_outcome: Callable[[Outcome], None] | None = None,
+             progress_for: ProgressFactory | None = None) -> list[Outcome]:
     """Run the steps of ``plan`` from step ``start``; returns what happened to each.
+
+    Each step gets a progress bar on the terminal (``bar``) or, with ``progress_for``, whatever
+    progress reporter it makes (the MCP server's notifications). ``on_outcome`` is told about
+    every step as it ends.
 
     Raises
     ------
@@ -128,10 +152,14 @@ def run_plan(plan: Plan, start: int = 1, resume: bool = False, bar: bool = True,
         kwargs = {k: _substitute(v, results) for k, v in st.kwargs.items()}
         if st.spec.accepts_resume and resume:
             kwargs["resume"] = True
-        bar_cm = terminal_bar(f"[{st.number}/{total}] {st.name}") if bar else _no_bar("")
+        if progress_for is not None:
+            bar_cm = progress_for(st, total)
+        else:
+            bar_cm = terminal_bar(f"[{st.number}/{total}] {st.name}") if bar else _no_bar("")
         t0 = time.perf_counter()
         log.info("step %d/%d: %s", st.number, total, st.describe(plan.base))
         try:
+            _check_late_paths(plan, st, kwargs)
             with bar_cm as progress:
                 if st.spec.accepts_progress:
                     kwargs["progress"] = progress

@@ -173,3 +173,43 @@ class StepResult(BaseModel):
     file: str
     step: str
     summary: dict[str, Any]
+
+
+class PlotResult(BaseModel):
+    file: str
+    png: str = Field(description="The PNG written")
+    datadir: str
+    channel: str | None = None
+    elements: list[str] | None = None
+
+
+class RecipeStep(BaseModel):
+    number: int
+    step: str
+    line: str = Field(description="Where the step is in the recipe (file:line)")
+    call: str = Field(description="The call with its checked arguments (paths relative to the recipe's folder)")
+    status: str = Field(description="'planned' (check only), 'done', 'skipped' (before start) or 'failed'")
+    seconds: float = 0.0
+    result: str = Field("", description="A short summary of what the step returned")
+
+
+class RecipeResult(BaseModel):
+    recipe: str = Field(description="The recipe run (a file, an example name or '<recipe>' for text)")
+    folder: str = Field(description="The folder relative paths in the recipe start from")
+    checked_only: bool
+    steps: list[RecipeStep]
+    done: int = Field(description="Steps that ran")
+    seconds: float
+    files: list[str] = Field(description="Files and folders the steps write (as far as known before running)")
+
+
+class RecipeInfo(BaseModel):
+    name: str
+    path: str = Field(description="For run_recipe: path= for a recipe in a data root, example= for an example")
+    kind: str = Field(description="'example' (shipped with xrfproc) or 'data root'")
+    description: str = Field(description="The recipe's first comment line")
+
+
+class RecipeList(BaseModel):
+    recipes: list[RecipeInfo]
+    truncated: bool = False

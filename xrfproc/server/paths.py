@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import h5py
 
@@ -57,7 +57,7 @@ class DataRoots:
         return any(resolved == r or resolved.is_relative_to(r) for r in self.roots)
 
     def resolve(self, value: str | os.PathLike[str], *, what: str = "path", must_exist: bool = False,
-                directory: bool = False) -> Path:
+                directory: bool = False, parent_must_exist: bool = True) -> Path:
         """Resolve a client path and check that it stays inside the roots.
 
         Parameters
@@ -70,6 +70,9 @@ class DataRoots:
             Refuse a path that does not exist (for inputs).
         directory : bool
             The path must be a folder (when it exists).
+        parent_must_exist : bool
+            Refuse a new file whose folder does not exist (off for recipes, whose earlier steps
+            may make the folder).
 
         Returns
         -------
@@ -105,7 +108,7 @@ class DataRoots:
             raise InputError(f"{what}: file not found", path=text)
         if directory and resolved.exists() and not resolved.is_dir():
             raise PathError(f"{what} must be a folder", path=text)
-        if not must_exist and not resolved.parent.is_dir():
+        if not must_exist and parent_must_exist and not resolved.parent.is_dir():
             raise PathError(f"{what}: the folder {self.display(resolved.parent)} does not exist", path=text)
         return resolved
 
@@ -117,6 +120,29 @@ class DataRoots:
             return rel.as_posix() or "."
         except ValueError:
             return str(p)
+
+    def recipe_check(self, readable: Sequence[Path] = (),
+                     inspect_input: Callable[[Path, str], None] | None = None) -> Callable[..., None]:
+        """A :data:`xrfproc.dsl.plan.PathCheck` for recipes run by the server.
+
+        Every path a recipe names must lie inside the roots; inputs that exist are also checked
+        for HDF5 links leaving the roots and passed to ``inspect_input(path, what)`` (the pixel
+        limit). Files inside the ``readable`` folders (the reference-material library) may be
+        read, not written.
+        """
+        extra = [Path(d).resolve() for d in readable]
+
+        def check(path: str | os.PathLike[str], *, what: str = "path", output: bool = False) -> None:
+            if not output:
+                real = Path(path).resolve()
+                if real.is_file() and any(real.is_relative_to(d) for d in extra):
+                    return
+            resolved = self.resolve(path, what=what, parent_must_exist=False)
+            if not output and resolved.is_file():
+                self.check_hdf5(resolved, what=what)
+                if inspect_input is not None:
+                    inspect_input(resolved, what)
+        return check
 
     # ---------------------------------------------------------------- HDF5
     def check_hdf5(self, path: Path, what: str = "h5file") -> None:
