@@ -157,7 +157,9 @@ def test_killed_fit_leaves_the_old_result_and_resumes_to_the_same_result(ref):
     assert calls[0] == s2["blocks_resumed"] * COLS  # progress starts where the killed run stopped
     got = _maps(work)
     for k in maps:
-        np.testing.assert_array_equal(got[k], maps[k], err_msg=k)
+        # the killed run's blocks came from another process, whose BLAS may sum in another order
+        # under load: equal to the last bits of float64, not necessarily bit for bit
+        np.testing.assert_allclose(got[k], maps[k], rtol=1e-12, atol=1e-9, err_msg=k)
     assert blocks.list_partials(work) == []
 
 
