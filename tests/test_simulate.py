@@ -18,7 +18,7 @@ CNC = Path("/work/shared/reference/cnc")
 CHECK = Path("/work/shared/tools/check_layout.py")
 ORGANIC = {"C": 0.6, "O": 0.4}
 # no continuum, so that peak windows hold only their own lines
-CLEAN = Detector(background=0.0)
+CLEAN = Detector(background=0.0, escape=False)
 
 
 def uniform(shape, **ppm):

@@ -39,7 +39,8 @@ class Detector:
     dead_time_s : float
         Paralysable dead time tau (s).
     escape : bool
-        Add Si K escape peaks.
+        Add Si K escape peaks (Si Ka and Si Kb escapes, as PyMca models them); on by default, as
+        every Si detector shows them.
     background : float
         Smooth continuum, total counts as a fraction of the scatter (Rayl + Compt) counts.
     compton_width : float
@@ -56,7 +57,7 @@ class Detector:
     be_window_um: float = 8.0
     si_thickness_mm: float = 0.45
     dead_time_s: float = 2.0e-7
-    escape: bool = False
+    escape: bool = True
     background: float = 0.2
     compton_width: float = 0.012
 
@@ -190,19 +191,36 @@ def escape_fraction(energy_keV: np.ndarray) -> np.ndarray:
     return out
 
 
+def _si_k_escape_lines() -> tuple[np.ndarray, np.ndarray]:
+    """Energies (keV) of the Si K alpha and K beta lines and their shares of the K emission."""
+    ka = [xd.radiative_rate("Si", ln) for ln in ("KL2", "KL3")]
+    kb = [xd.radiative_rate("Si", ln) for ln in ("KM2", "KM3")]
+    e = np.array([xd.line_energy("Si", "KL3"), xd.line_energy("Si", "KM3")])
+    share = np.array([sum(ka), sum(kb)])
+    return e, share / share.sum()
+
+
 def response(det: Detector, energies: np.ndarray, compton: int | None) -> np.ndarray:
-    """Channel response of peaks at ``energies`` (row ``compton`` broadened), with escape peaks."""
+    """Channel response of peaks at ``energies`` (row ``compton`` broadened), with escape peaks.
+
+    A fraction ``p`` (:func:`escape_fraction`) of the photons absorbed loses a Si K photon: it
+    appears at ``E - E(Si Ka)`` or ``E - E(Si Kb)`` (shared as the Si K lines' radiative rates, as
+    PyMca's escape model does); ``1 - p`` stays in the main peak, so the row sums to 1.
+    """
     sig = det.sigma(energies)
     if compton is not None:
         sig[compton] = math.hypot(sig[compton], det.compton_width * energies[compton])
     shapes = peak_shapes(det, energies, sig)
     if det.escape:
         p = escape_fraction(energies)
-        e_esc = energies - xd.line_energy("Si", "KL3")
-        ok = (p > 0) & (e_esc > 0)
-        if ok.any():
-            esc = peak_shapes(det, e_esc[ok], det.sigma(e_esc[ok]))
-            shapes[ok] = (1.0 - p[ok, None]) * shapes[ok] + p[ok, None] * esc
+        e_si, share = _si_k_escape_lines()
+        main = shapes.copy()
+        for e_line, frac in zip(e_si, share):
+            e_esc = energies - e_line
+            ok = (p > 0) & (e_esc > 0)
+            if ok.any():
+                esc = peak_shapes(det, e_esc[ok], det.sigma(e_esc[ok]))
+                shapes[ok] += p[ok, None] * frac * (esc - main[ok])
     return shapes
 
 

@@ -409,7 +409,7 @@ def _default_cnc(name: str) -> Path:
 
 def demo_dataset(folder: str | Path, seed: int = 0, snake: bool = False,
                  cnc: str | Path | None = None) -> tuple[Path, Path]:
-    """Write a demo sample map (30 x 40 points, 2 channels, 2048 bins) and a NIST SRM 613 map (5 x 5).
+    """Write a demo sample map (30 x 40 points, 0.1 s, 2 channels, 2048 bins) and a NIST SRM 613 map (5 x 5, 2 s).
 
     Parameters
     ----------
@@ -434,9 +434,10 @@ def demo_dataset(folder: str | Path, seed: int = 0, snake: bool = False,
     pattern = ScanPattern(kind="snake" if snake else "raster", lag=0.5 if snake else 0.0, dwell_s=0.1)
     sample = write_simulated(folder / "demo_sample.h5", demo_phantom(), DEMO_MATRIX, thickness_um=DEMO_THICKNESS_UM,
                              density=DEMO_DENSITY, pixel_um=2.0, pattern=pattern, **common)
-    # an attenuated beam on the thick glass keeps its dead time moderate (about 20 %)
+    # an attenuated beam on the thick glass keeps its dead time moderate (about 20 %); 2 s per point
+    # (50 s in all) give its 40 ppm lines a few thousand counts each (Fe K: about 3 % statistics)
     ref = write_simulated(folder / "demo_nist613.h5", cnc=cnc, pixel_um=10.0, beam=Beam(flux=2e10),
-                          pattern=ScanPattern(dwell_s=0.1), **{**common, "seed": seed + 1})
+                          pattern=ScanPattern(dwell_s=2.0), **{**common, "seed": seed + 1})
     return sample, ref
 
 

@@ -46,14 +46,29 @@ class FamilyScore:
     area: float
     sigma: float
     fraction: float
+    local: float = 1.0
 
 
 def _fwhm_sigma(energy_keV: np.ndarray, noise: float, fano: float) -> np.ndarray:
     return np.sqrt((noise / 2.3548) ** 2 + 0.00385 * fano * np.asarray(energy_keV))
 
 
+def _with_escape(energies: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lines plus their Si K escape peaks (Si detector): ``p`` of each line moves ``E(Si Ka)`` lower
+    (:func:`xrfproc.core.simphysics.escape_fraction`, the model PyMca's escape peaks follow too)."""
+    from .simphysics import escape_fraction
+
+    p = escape_fraction(energies)
+    e_esc = energies - xraydata.line_energy("Si", "KL3")
+    ok = (p > 0) & (e_esc > 0)
+    return (np.concatenate([energies, e_esc[ok]]),
+            np.concatenate([weights * (1.0 - np.where(ok, p, 0.0)), weights[ok] * p[ok]]))
+
+
 def _template(energies: np.ndarray, weights: np.ndarray, e_axis: np.ndarray, noise: float, fano: float,
-              broaden: float = 1.0) -> np.ndarray:
+              broaden: float = 1.0, escape: bool = False) -> np.ndarray:
+    if escape:
+        energies, weights = _with_escape(np.asarray(energies, dtype=np.float64), np.asarray(weights, dtype=np.float64))
     sig = _fwhm_sigma(energies, noise, fano) * broaden
     de = np.abs(np.gradient(e_axis))
     g = np.exp(-0.5 * ((e_axis[None, :] - energies[:, None]) / sig[:, None]) ** 2) / (np.sqrt(2 * np.pi) * sig[:, None])
@@ -76,9 +91,11 @@ def _subgroups(family: str, lines: Sequence[str]) -> dict[str, list[int]]:
 
 
 def family_templates(element: str, energy_keV: float, e_axis: np.ndarray, emin_keV: float, noise: float,
-                     fano: float) -> dict[str, dict[str, np.ndarray]]:
+                     fano: float, escape: bool = True) -> dict[str, dict[str, np.ndarray]]:
     """Unit-area templates (counts per channel) of the excited K/L/M families of ``element``,
-    per family a dict sub-group (``Ka``, ``Kb``, ``L3``...) -> template."""
+    per family a dict sub-group (``Ka``, ``Kb``, ``L3``...) -> template; with ``escape`` the Si K
+    escape peaks of the lines are part of the templates (else Ca K's escape at 1.95 keV passes for
+    Mo L, Fe Ka's at 4.66 keV for Cs L)."""
     out: dict[str, dict[str, np.ndarray]] = {}
     emax = float(e_axis.max())
     for family in ("K", "L", "M"):
@@ -98,7 +115,7 @@ def family_templates(element: str, energy_keV: float, e_axis: np.ndarray, emin_k
             wsub = weights[idx]
             if wsub.sum() <= 0.02 * weights.sum():
                 continue  # too weak to carry evidence on its own
-            t = _template(energies[idx], wsub / wsub.sum(), e_axis, noise, fano)
+            t = _template(energies[idx], wsub / wsub.sum(), e_axis, noise, fano, escape=escape)
             if t.sum() > 0.5:  # most of it inside the spectrum
                 subs[key] = t / t.sum()
         if subs:
@@ -108,7 +125,7 @@ def family_templates(element: str, energy_keV: float, e_axis: np.ndarray, emin_k
 
 def score_elements(spectrum: np.ndarray, calibration: Sequence[float], energy_keV: float, *,
                    candidates: Sequence[str] | None = None, emin_keV: float = 1.0, noise: float = 0.1,
-                   fano: float = 0.114, snipwidth: int = 30) -> list[FamilyScore]:
+                   fano: float = 0.114, snipwidth: int = 30, escape: bool = True) -> list[FamilyScore]:
     """Fit element-family templates to a spectrum; see the module docstring.
 
     Parameters
@@ -127,6 +144,8 @@ def score_elements(spectrum: np.ndarray, calibration: Sequence[float], energy_ke
         Detector resolution (keV FWHM electronic noise, Fano factor).
     snipwidth : int
         SNIP width (channels) of the background.
+    escape : bool
+        Include the Si K escape peaks in the templates (a Si detector).
 
     Returns
     -------
@@ -153,7 +172,7 @@ def score_elements(spectrum: np.ndarray, calibration: Sequence[float], energy_ke
     cols, labels = [], []
     for el in (candidates or DEFAULT_CANDIDATES):
         sym = xraydata.symbol(el)
-        for fam, subs in family_templates(sym, energy_keV, e_axis, emin_keV, noise, fano).items():
+        for fam, subs in family_templates(sym, energy_keV, e_axis, emin_keV, noise, fano, escape).items():
             for t in subs.values():
                 cols.append(t)
                 labels.append((sym, fam))
@@ -181,20 +200,34 @@ def score_elements(spectrum: np.ndarray, calibration: Sequence[float], energy_ke
         key = labels[i]
         if key not in best or area[i] > area[best[key]]:
             best[key] = i
-    scores = [FamilyScore(key[0], key[1], float(area[i]), float(sig[i]), float(area[i]) / total)
-              for key, i in best.items()]
+    # local share: of the fitted counts in the channels of the family's template (weighted by it),
+    # the fraction the family itself explains; near 1 for an isolated line, small for a family that
+    # only picks up the tail of a strong neighbour
+    fitted = A * area[None, :]
+    model = fitted.sum(axis=1)
+    scores = []
+    for key, i in best.items():
+        t = A[:, i]
+        tt = float(t @ t)
+        local = float(fitted[:, i] @ t / (model @ t)) if area[i] > 0 and tt > 0 and model @ t > 0 else 0.0
+        scores.append(FamilyScore(key[0], key[1], float(area[i]), float(sig[i]), float(area[i]) / total, local))
     return sorted(scores, key=lambda s: -s.area)
 
 
 def suggest_elements_spectrum(spectrum: np.ndarray, calibration: Sequence[float], energy_keV: float, *,
                               candidates: Sequence[str] | None = None, min_fraction: float = 0.005,
                               min_sigma: float = 5.0, emin_keV: float = 1.0, noise: float = 0.1, fano: float = 0.114,
-                              snipwidth: int = 30) -> list[str]:
+                              snipwidth: int = 30, trace_fraction: float = 0.002, trace_sigma: float = 5.0,
+                              min_local: float = 0.5,
+                              escape: bool = True) -> list[str]:
     """Propose the elements present in a spectrum (a pure function).
 
     An element is proposed when one of its excited K/L/M families holds at least ``min_fraction``
-    of all fitted fluorescence counts and is at least ``min_sigma`` standard deviations above zero
-    (see :func:`score_elements` for the other parameters).
+    of all fitted fluorescence counts and is at least ``min_sigma`` standard deviations above zero,
+    or - a trace in a strong matrix, e.g. 20 ppm Pb in a silicate whose K, Ca and Si lines hold 70 %
+    of the counts - when it holds at least ``trace_fraction``, is at least ``trace_sigma`` standard
+    deviations above zero and explains at least ``min_local`` of the fitted counts under its own
+    lines (so the tail of a strong neighbour does not count). See :func:`score_elements` for the other parameters.
 
     Returns
     -------
@@ -203,7 +236,9 @@ def suggest_elements_spectrum(spectrum: np.ndarray, calibration: Sequence[float]
     """
     out: list[str] = []
     for s in score_elements(spectrum, calibration, energy_keV, candidates=candidates, emin_keV=emin_keV,
-                            noise=noise, fano=fano, snipwidth=snipwidth):
-        if s.fraction >= min_fraction and s.area >= min_sigma * s.sigma and s.element not in out:
+                            noise=noise, fano=fano, snipwidth=snipwidth, escape=escape):
+        major = s.fraction >= min_fraction and s.area >= min_sigma * s.sigma
+        trace = s.fraction >= trace_fraction and s.area >= trace_sigma * s.sigma and s.local >= min_local
+        if (major or trace) and s.element not in out:
             out.append(s.element)
     return out
