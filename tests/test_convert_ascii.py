@@ -12,12 +12,13 @@ from xrfproc.core import pymca_bridge
 from xrfproc.core.convert import detect_kind, gse_mca, pymca_formats, spe
 from xrfproc.errors import InputError
 from xrfproc.store.raw import write_raw
+from _shared import SHARED, CHECK_LAYOUT, PYTHON
 
-GSE = Path("/work/shared/data/real/xrf_spectra.mca")
+GSE = SHARED / "data" / "real" / "xrf_spectra.mca"
 STEEL = pymca_bridge.PYMCA_DATA_DIR / "Steel.spe"
 XRFSPEC = pymca_bridge.PYMCA_DATA_DIR / "XRFSpectrum.mca"
-CHECK = Path("/work/shared/tools/check_layout.py")
-PY = Path("/work/main/.venv/bin/python")
+CHECK = CHECK_LAYOUT
+PY = Path(PYTHON)
 
 
 def check_layout(path: Path) -> None:

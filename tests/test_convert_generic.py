@@ -12,9 +12,10 @@ import pytest
 from xrfproc.core.convert import detect_kind, generic, layout, read_any
 from xrfproc.errors import InputError
 from xrfproc.store.raw import read_raw, write_raw
+from _shared import CHECK_LAYOUT, PYTHON
 
-CHECK = Path("/work/shared/tools/check_layout.py")
-PY = Path("/work/main/.venv/bin/python")
+CHECK = CHECK_LAYOUT
+PY = Path(PYTHON)
 
 
 def check_layout(path: Path) -> None:

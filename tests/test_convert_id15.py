@@ -13,8 +13,9 @@ from xrfproc import api
 from xrfproc.core.convert import detect_kind, id15, read_any
 from xrfproc.errors import InputError
 from xrfproc.testing.beamline_fixtures import make_id15_file
+from _shared import CHECK_LAYOUT
 
-CHECK = "/work/shared/tools/check_layout.py"
+CHECK = str(CHECK_LAYOUT)
 SHAPE = (4, 5)
 
 

@@ -17,12 +17,13 @@ from xrfproc.core.mdafile import level_arrays, read_mda
 from xrfproc.errors import InputError
 from xrfproc.store.raw import write_raw
 from xrfproc.testing.mda_fixture import ScanSpec, write_mda, write_xfm_map
+from _shared import SHARED, CHECK_LAYOUT, PYTHON
 
-REAL = Path("/work/shared/data/real")
+REAL = SHARED / "data" / "real"
 MDA = REAL / "2xfm_0011.mda"
 H5 = REAL / "2xfm_0011_2xfm3__0.h5"
-CHECK = Path("/work/shared/tools/check_layout.py")
-PY = Path("/work/main/.venv/bin/python")
+CHECK = CHECK_LAYOUT
+PY = Path(PYTHON)
 needs_real = pytest.mark.skipif(not (MDA.exists() and H5.exists()), reason="real APS data not available")
 
 

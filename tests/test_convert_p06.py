@@ -14,8 +14,9 @@ from xrfproc import api
 from xrfproc.core.convert import detect_kind, p06, read_any
 from xrfproc.errors import InputError
 from xrfproc.testing.beamline_fixtures import make_p06_scan
+from _shared import CHECK_LAYOUT
 
-CHECK = "/work/shared/tools/check_layout.py"
+CHECK = str(CHECK_LAYOUT)
 SHAPE = (4, 5)
 
 

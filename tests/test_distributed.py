@@ -24,8 +24,6 @@ from xrfproc.steps.fit import fit
 
 distributed = pytest.importorskip("distributed")
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
 from test_fit_pymca import make_map, snip_cfg  # noqa: E402
 
 BIN = Path(sys.executable).parent

@@ -19,9 +19,10 @@ from xrfproc.steps.fit import fit
 
 from PyMca5.PyMcaIO import ConfigDict
 from PyMca5.PyMcaPhysics.xrf import ClassMcaTheory, FastXRFLinearFit
+from _shared import CHECK_LAYOUT, PYTHON
 
 DATA = pymca_bridge.PYMCA_DATA_DIR
-CHECK = ["/work/main/.venv/bin/python", "/work/shared/tools/check_layout.py"]
+CHECK = [PYTHON, str(CHECK_LAYOUT)]
 
 
 def steel() -> np.ndarray:

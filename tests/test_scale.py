@@ -19,8 +19,6 @@ from xrfproc.steps.fit import fit
 from xrfproc.steps.normalise import normalise
 from xrfproc.store import blocks
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
 from test_fit_pymca import CHECK, make_map, snip_cfg, steel  # noqa: E402
 
 ROWS, COLS = 12, 20

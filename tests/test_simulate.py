@@ -13,9 +13,10 @@ from xrfproc.core.scanpattern import ScanPattern
 from xrfproc.core.simulate import (Beam, Detector, Geometry, demo_dataset, simulate_map, simulate_reference,
                                    write_simulated)
 from xrfproc.errors import InputError
+from _shared import SHARED, CHECK_LAYOUT
 
-CNC = Path("/work/shared/reference/cnc")
-CHECK = Path("/work/shared/tools/check_layout.py")
+CNC = SHARED / "reference" / "cnc"
+CHECK = CHECK_LAYOUT
 ORGANIC = {"C": 0.6, "O": 0.4}
 # no continuum, so that peak windows hold only their own lines
 CLEAN = Detector(background=0.0, escape=False)

@@ -14,8 +14,9 @@ from xrfproc.core import simulate as sim
 from xrfproc.core import stats
 from xrfproc.errors import InputError
 from xrfproc.steps import stats as steps
+from _shared import CHECK_LAYOUT
 
-CHECK = "/work/shared/tools/check_layout.py"
+CHECK = str(CHECK_LAYOUT)
 
 
 @pytest.fixture(scope="module")

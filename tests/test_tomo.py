@@ -16,8 +16,9 @@ from xrfproc.core import tomo
 from xrfproc.core.rawmap import RawChannel, RawMap
 from xrfproc.errors import InputError
 from xrfproc.steps.tomo import tomo as tomo_step
+from _shared import CHECK_LAYOUT
 
-CHECK = "/work/shared/tools/check_layout.py"
+CHECK = str(CHECK_LAYOUT)
 N = 64
 
 
