@@ -21,13 +21,11 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
-import fcntl
 import io
 import json
 import logging
 import os
 import secrets
-import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -35,24 +33,19 @@ import h5py
 import numpy as np
 
 from .._version import __version__
-from ..core.limits import check_size
 from ..errors import FileBusyError, InputError, LayoutError, WriteError
+from .naming import BULK_SUFFIX, bulk_dir  # noqa: F401 (re-exported)
+from .checks import _check_links, check_declared_sizes, check_links  # noqa: F401 (re-exported)
+from .locking import _pid_alive, file_lock  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 #: compression of every array, as in the original layout (readable by any HDF5 installation)
 GZIP = {"compression": "gzip", "compression_opts": 4}
-BULK_SUFFIX = ".d"
 
 
 # --------------------------------------------------------------------------- small helpers
-def bulk_dir(path: str | Path) -> Path:
-    """The folder holding the bulk (spectra) files of ``path``."""
-    path = Path(path)
-    return path.with_name(path.name + BULK_SUFFIX)
-
-
 def encode_names(names: Sequence[str]) -> np.ndarray:
     """Line names as the layout stores them: an array of utf-8 encoded byte strings."""
     enc = [str(n).encode("utf8") for n in names]
@@ -183,104 +176,6 @@ def open_read(path: str | Path) -> Iterator[h5py.File]:
         f.close()
 
 
-def _inside(folder: Path, target: str) -> bool:
-    """True when ``target`` (absolute, or relative to ``folder``) resolves into ``folder``."""
-    root = folder.resolve()
-    resolved = (root / target).resolve() if not os.path.isabs(target) else Path(target).resolve()
-    return resolved == root or root in resolved.parents
-
-
-def _check_links(f: h5py.File, path: Path) -> list[str]:
-    """The link targets of ``f`` (refusing the ones outside ``path``'s folder); see :func:`check_links`."""
-    folder = path.resolve().parent
-    seen: list[str] = []
-    visited: set[Any] = set()
-
-    def visit(group: h5py.Group) -> None:
-        if group.id in visited:
-            return
-        visited.add(group.id)
-        for name in group:
-            link = group.get(name, getlink=True)
-            where = f"{group.name.rstrip('/')}/{name}"
-            if isinstance(link, h5py.ExternalLink):
-                seen.append(link.filename)
-                if not _inside(folder, link.filename):
-                    raise InputError(f"external link to {link.filename!r} points outside the file's folder "
-                                     f"{str(folder)!r}; refused", path=path, dataset=where)
-                continue  # never follow: the target is a bulk file, checked when it is read
-            if isinstance(link, h5py.SoftLink):
-                continue
-            obj = group.get(name)
-            if isinstance(obj, h5py.Group):
-                visit(obj)
-            elif isinstance(obj, h5py.Dataset) and obj.is_virtual:
-                for source in obj.virtual_sources():
-                    seen.append(source.file_name)
-                    if source.file_name != "." and not _inside(folder, source.file_name):
-                        raise InputError(f"virtual dataset reads {source.file_name!r}, outside the file's folder "
-                                         f"{str(folder)!r}; refused", path=path, dataset=where)
-
-    visit(f)
-    return seen
-
-
-def check_links(file: str | Path) -> list[str]:
-    """Refuse HDF5 external links and virtual datasets that point outside the file's own folder.
-
-    Our own links point into ``<file>.d/`` and are allowed; links are never followed by the check.
-
-    Returns
-    -------
-    list of str
-        The link targets found (all inside the folder).
-
-    Raises
-    ------
-    InputError
-        Naming the file, the link and its target.
-    """
-    path = Path(file)
-    if not path.exists():
-        raise InputError("file not found", path=path)
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise InputError(f"not a readable HDF5 file ({exc})", path=path) from None
-    with f:
-        try:
-            return _check_links(f, path)
-        except (OSError, RuntimeError, KeyError, ValueError) as exc:
-            raise InputError(f"corrupt HDF5 file ({exc})", path=path) from None
-
-
-def check_declared_sizes(f: h5py.File, path: str | Path) -> None:
-    """Refuse a file whose ``raw/`` arrays declare absurd sizes (read before anything is allocated).
-
-    Spectra (read block by block) may reach :func:`xrfproc.core.limits.max_stream_bytes`, every
-    other array :func:`xrfproc.core.limits.max_array_bytes`. Datasets behind broken links are left
-    to the reader, which names them.
-    """
-    def visit(group: h5py.Group, prefix: str) -> None:
-        for name in group:
-            try:
-                obj = group.get(name)
-            except (KeyError, OSError, RuntimeError):
-                continue
-            where = f"{prefix}/{name}"
-            if isinstance(obj, h5py.Group):
-                visit(obj, where)
-            elif isinstance(obj, h5py.Dataset) and obj.shape is not None:
-                check_size(obj.shape, obj.dtype if obj.dtype.kind != "O" else np.dtype("O"), where, path=path,
-                           dataset=where, stream=name == "spectra")
-
-    if "raw" in f and isinstance(f.get("raw"), h5py.Group):
-        visit(f["raw"], "raw")
-    for key in ("mot1", "mot2"):
-        if key in f and isinstance(f.get(key), h5py.Dataset):
-            check_size(f[key].shape, f[key].dtype, key, path=path, dataset=key)
-
-
 def require(f: h5py.File | h5py.Group, key: str, what: str = "dataset") -> Any:
     """``f[key]``, or a LayoutError naming the file and the missing path."""
     try:
@@ -303,55 +198,6 @@ def channels(f: h5py.File | h5py.Group, group: str = "raw") -> list[str]:
     """Sorted detector channel names (``channel00``, ...) under ``group``."""
     g = require(f, group, "group")
     return sorted(k for k in g if k.startswith("channel"))
-
-
-# --------------------------------------------------------------------------- locking
-@contextlib.contextmanager
-def file_lock(path: str | Path, step: str = "write", wait: float = 0.0) -> Iterator[None]:
-    """Hold the exclusive write lock of ``path`` (``<path>.d/.lock``, an ``flock``).
-
-    Parameters
-    ----------
-    wait : float
-        Seconds to wait for another writer to finish; 0 refuses at once.
-
-    Raises
-    ------
-    FileBusyError
-        Naming the process holding the lock and its step.
-    """
-    path = Path(path)
-    folder = bulk_dir(path)
-    try:
-        folder.mkdir(exist_ok=True)
-        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise WriteError(f"cannot create the lock file in {folder} ({exc.strerror})", path=path) from None
-    deadline = time.monotonic() + wait
-    held = False
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                held = True
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-                    raise FileBusyError(f"file is being written by {holder}; try again when it has finished",
-                                        path=path) from None
-                time.sleep(0.05)
-        with contextlib.suppress(OSError):  # the holder's name is a courtesy: a full disk must not stop the lock
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} (step {step}, since {now_iso()})".encode(), 0)
-        yield
-    finally:
-        if held:  # a refused writer must not erase the holder's name
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-        os.close(fd)
 
 
 def _fsync_path(path: Path) -> None:
@@ -669,13 +515,3 @@ def collect_bulk_garbage(path: str | Path) -> list[Path]:
                 stale.unlink()
                 removed.append(stale)
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
