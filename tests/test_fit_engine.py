@@ -346,3 +346,28 @@ def test_engine_recovers_simulated_map(tmp_path):
         assert np.all(np.abs(res.areas[..., k] / expected - 1) < 0.03), name
         checked += 1
     assert checked >= 4
+
+
+def test_chi2_and_stddev_by_hand_with_continuum(steel, steel_map):
+    """chi2_red = sum((y - bkg - A x)^2 / max(y, 1)) / (nchan - free columns), stddev = sqrt(diag(G_P^-1))
+    on the free columns P, recomputed from the returned areas and background (continuum columns
+    count as free, peak columns only when > 0)."""
+    cfg, _ = steel
+    cfg2 = copy.deepcopy(cfg)
+    cfg2["fit"]["continuum"] = 1  # a constant continuum column, not constrained
+    data = steel_map[:21]
+    model = build_model(cfg2, data.sum(axis=0), nspectra=21)
+    assert model.nbkg == 1
+    res = fit_block(model, data, with_background=True)
+    A = model.shapes
+    ysub = data[:, model.i0:model.i1] - res.background
+    var = np.maximum(data[:, model.i0:model.i1], 1.0)
+    free = (res.areas > 0) | (np.arange(model.ncols) < model.nbkg)
+    chi2 = ((ysub - res.areas @ A.T) ** 2 / var).sum(axis=1) / (model.nchan - free.sum(axis=1))
+    assert np.allclose(res.chi2_red, chi2, rtol=1e-10)
+    for k in range(0, 21, 5):
+        w = 1.0 / np.where(np.abs(ysub[k]) > 0, np.abs(ysub[k]), 1.0)   # policy 2 weights
+        P = free[k]
+        G = (A[:, P] * w[:, None]).T @ A[:, P]
+        assert np.allclose(res.stddev[k, P], np.sqrt(np.diag(np.linalg.inv(G))), rtol=1e-8)
+        assert np.all(res.stddev[k, ~P] == 0)

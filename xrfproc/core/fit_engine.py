@@ -2,16 +2,19 @@
 
 For one map, :func:`build_model` (from :mod:`xrfproc.core.fit_model`) asks PyMca once for the
 model of its fast fit (unit-area shape of every line group over the fit window, at the
-calibration and FWHM of the configuration). Then :func:`fit_block`, for a block of spectra:
+calibration and FWHM of the configuration). Then :func:`fit_block` fits a block of spectra with
+one fused kernel (:mod:`xrfproc.core.fit_kernel`, numba, parallel over chunks of 8 spectra that
+stay in the core's cache from reading to chi-square):
 
-1. SNIP background of every spectrum over the window (numba, parallel, PyMca's semantics:
-   Savitzky-Golay pre-smoothing, width, anchors) - :mod:`xrfproc.core.snip`;
-2. normal equations for the whole block by BLAS: ``B = (W * (y - bkg)) @ A`` and the Gram
-   matrices ``G = A^T W A`` - one for all pixels (weight policies 0 and 1) or one per pixel
-   (policy 2, Poisson weights, as ``W @ K`` with ``K[c, (i, j)] = A[c, i] A[c, j]`` over the
-   column pairs that overlap: a single matrix product);
-3. batched non-negative least squares (Lawson-Hanson, numba, parallel over pixels) -
-   :mod:`xrfproc.core.nnls`; stddev from the inverse Gram matrix on the final passive set;
+1. SNIP background of every spectrum over the window (PyMca's semantics: Savitzky-Golay
+   pre-smoothing, width, anchors; float64, equal to PyMca's to rounding) - :mod:`xrfproc.core.snip`;
+2. normal equations ``G = A^T W A``, ``b = A^T W (y - bkg)`` over the non-zero channel runs of
+   the model only (values below 1e-20 of a column's maximum count as 0): one Gram matrix per pixel
+   for policy 2 (Poisson weights ``1/|y - bkg|``), one shared Gram matrix factorised once per
+   block for policies 0 and 1;
+3. non-negative least squares (Lawson-Hanson on the normal equations, started from the
+   unconstrained solution) - :mod:`xrfproc.core.nnls`; stddev from the inverse Gram matrix on the
+   final passive set;
 4. reduced chi-square per pixel with Poisson variances ``max(y, 1)`` of the raw counts.
 
 With ``refine=True`` the nonlinear parameters vary per pixel (:mod:`xrfproc.core.fit_refine`).
@@ -25,18 +28,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from xrfproc.core.fit_model import EngineModel, build_model, group_shapes
-from xrfproc.core.nnls import nnls_gram
-from xrfproc.core.snip import snip_block_kernel
+from xrfproc.core.fit_kernel import CHUNK, SparseModel, fit_chunks, sparse_model
 from xrfproc.errors import InputError
 
 __all__ = ["EngineModel", "EngineResult", "build_model", "fit_block", "fit_map", "group_shapes"]
 
 log = logging.getLogger(__name__)
-_HALF64 = np.full(1, 0.5)  # SNIP in float64 (PyMca's precision)
 #: spectra dtypes the kernels read directly (others are converted to float64)
 _NATIVE = tuple(np.dtype(t) for t in (np.float64, np.float32, np.uint16, np.int32, np.uint32, np.int64))
 
@@ -73,67 +73,6 @@ class EngineResult:
     failed: np.ndarray | None = None
 
 
-# ----------------------------------------------------------------------------- numba helpers
-@numba.njit(cache=True, parallel=True)
-def _count_bad(spectra, i0, i1):
-    """(non-finite, negative) counts inside the window."""
-    npix = spectra.shape[0]
-    bad = np.zeros(npix, dtype=np.int64)
-    neg = np.zeros(npix, dtype=np.int64)
-    for k in numba.prange(npix):
-        for c in range(i0, i1):
-            v = spectra[k, c]
-            if not np.isfinite(v):
-                bad[k] += 1
-            elif v < 0:
-                neg[k] += 1
-    return bad.sum(), neg.sum()
-
-
-@numba.njit(cache=True, parallel=True)
-def _poisson_weights(ysub, wt):
-    """PyMca's per-spectrum weights: sigma = sqrt|y - bkg| (1 where 0); wt = 1 / sigma^2."""
-    npix, n = ysub.shape
-    for k in numba.prange(npix):
-        for c in range(n):
-            a = abs(ysub[k, c])
-            wt[k, c] = 1.0 / a if a > 0.0 else 1.0
-
-
-@numba.njit(cache=True, parallel=True)
-def _chi2(spectra, i0, ysub, fitted, dof, out):
-    """sum_c (ysub - fitted)^2 / max(y, 1) / dof per pixel."""
-    npix, n = ysub.shape
-    for k in numba.prange(npix):
-        s = 0.0
-        for c in range(n):
-            r = ysub[k, c] - fitted[k, c]
-            y = spectra[k, i0 + c]
-            s += r * r / (y if y > 1.0 else 1.0)
-        out[k] = s / dof[k] if dof[k] > 0 else np.nan
-
-
-def _pair_matrix(A: np.ndarray, rtol: float = 1e-15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """K[c, p] = A[c, i_p] A[c, j_p] for the column pairs i_p <= j_p that overlap.
-
-    Pairs whose overlap ``sum_c |A_ci A_cj|`` is below ``rtol * |A_i| |A_j|`` (far-apart peaks
-    touching only through Gaussian tails of 1e-100) are left out: their Gram entries are 0 to
-    rounding for any non-negative weights up to ``1 / rtol`` times the typical one.
-    """
-    n = A.shape[1]
-    absA = np.abs(A)
-    norms = np.sqrt((A * A).sum(axis=0))
-    ii, jj = [], []
-    for i in range(n):
-        for j in range(i, n):
-            if i == j or float(absA[:, i] @ absA[:, j]) > rtol * norms[i] * norms[j]:
-                ii.append(i)
-                jj.append(j)
-    ii = np.asarray(ii, dtype=np.int64)
-    jj = np.asarray(jj, dtype=np.int64)
-    return np.ascontiguousarray(A[:, ii] * A[:, jj]), ii, jj
-
-
 def _check_block(model: EngineModel, spectra: np.ndarray) -> np.ndarray:
     spectra = np.asarray(spectra)
     if spectra.ndim == 1:
@@ -146,13 +85,7 @@ def _check_block(model: EngineModel, spectra: np.ndarray) -> np.ndarray:
         raise InputError(f"spectra must be real numbers, got dtype {spectra.dtype}")
     if spectra.dtype not in _NATIVE:
         spectra = spectra.astype(np.float64)
-    spectra = np.ascontiguousarray(spectra)
-    nbad, nneg = _count_bad(spectra, model.i0, model.i1)
-    if nbad:
-        raise InputError(f"spectra contain {nbad} NaN or infinite counts inside the fit window")
-    if nneg:
-        raise InputError(f"spectra contain {nneg} negative counts inside the fit window")
-    return spectra
+    return np.ascontiguousarray(spectra)
 
 
 def fit_block(model: EngineModel, spectra: np.ndarray, *, refine: bool = False, with_background: bool = False,
@@ -188,38 +121,33 @@ def fit_block(model: EngineModel, spectra: np.ndarray, *, refine: bool = False, 
     spectra = _check_block(model, spectra)
     npix = spectra.shape[0]
     n, ncol = model.nchan, model.ncols
-    A = model.shapes
-    ysub = np.empty((npix, n), dtype=np.float64)
-    bkg = np.empty((npix, n), dtype=np.float64) if (with_background or refine) else ysub
-    if model.snip:
-        snip_block_kernel(spectra, model.i0, model.i1, model.snipwidth, model.filter_points, model.anchors,
-                          bkg, ysub, with_background or refine, True, _HALF64, refine)
-    else:
-        ysub[:] = spectra[:, model.i0:model.i1]
-        if with_background or refine:
-            bkg[:] = 0.0
+    sp = _sparse(model)
     nonneg = np.arange(ncol) >= model.nbkg
     policy = model.weight_policy
     if policy == 2:
-        wt = np.empty_like(ysub)
-        _poisson_weights(ysub, wt)
-        K, ii, jj = _pair_matrix(A)
-        gp = wt @ K                                           # (npix, npairs)
-        G = np.zeros((npix, ncol, ncol))
-        G[:, ii, jj] = gp
-        G[:, jj, ii] = gp
-        wt *= ysub
-        B = wt @ A                                            # (npix, ncol)
-        del wt, gp
+        wvec = np.ones(n)
+        Gs = Ls = np.zeros((ncol, ncol))
+        var_s = np.zeros(ncol)
+        have_s = False
     else:
-        if policy == 1:
-            Aw = A / model.sigma_avg[:, None]
-            G = Aw.T @ Aw
-            B = ysub @ (A / (model.sigma_avg ** 2)[:, None])
-        else:
-            G = A.T @ A
-            B = ysub @ A
-    X, V, status = nnls_gram(G, B, nonneg)
+        wvec = 1.0 / model.sigma_avg ** 2 if policy == 1 else np.ones(n)
+        Gs, Ls, var_s, have_s = _shared_gram(sp.dense, wvec)
+    want_bkg = with_background or refine
+    bkg = np.empty((npix, n)) if want_bkg else np.empty((0, 0))
+    X = np.zeros((npix, ncol))
+    V = np.zeros((npix, ncol))
+    chi2 = np.empty(npix)
+    status = np.zeros(npix, dtype=np.int64)
+    bad = np.zeros(((npix + CHUNK - 1) // CHUNK, 2), dtype=np.int64)
+    fit_chunks(spectra, model.i0, model.i1, bool(model.snip), int(model.snipwidth), int(model.filter_points),
+               model.anchors, bool(refine), sp.a_rptr, sp.a_lo, sp.a_hi, sp.a_off, sp.a_val,
+               sp.k_rptr, sp.k_lo, sp.k_hi, sp.k_off, sp.k_val, sp.pair_i, sp.pair_j, int(policy), wvec, Gs, Ls, var_s, have_s, nonneg, int(model.nbkg),
+               1e-12, 10 * ncol + 10, X, V, chi2, status, bkg, want_bkg, bad)
+    nbad, nneg = bad.sum(axis=0)
+    if nbad:
+        raise InputError(f"spectra contain {nbad} NaN or infinite counts inside the fit window")
+    if nneg:
+        raise InputError(f"spectra contain {nneg} negative counts inside the fit window")
     failed = status < 0
     if failed.any():
         log.warning("engine: %d of %d pixels could not be fitted (singular normal equations)", int(failed.sum()), npix)
@@ -229,14 +157,29 @@ def fit_block(model: EngineModel, spectra: np.ndarray, *, refine: bool = False, 
         from xrfproc.core.fit_refine import refine_block
         X, stddev, theta, chi2, failed2 = refine_block(model, spectra, bkg, X, max_iter=max_iter)
         failed = failed | failed2
-    else:
-        fitted = np.nan_to_num(X) @ A.T
-        nfree = (X > 0).sum(axis=1) + (~nonneg).sum()
-        dof = n - nfree
-        chi2 = np.empty(npix)
-        _chi2(spectra, model.i0, ysub, fitted, dof.astype(np.int64), chi2)
     return EngineResult(names=list(model.names), areas=X, stddev=stddev, chi2_red=chi2,
                         background=bkg if with_background else None, theta=theta, failed=failed)
+
+
+def _sparse(model: EngineModel) -> SparseModel:
+    """The model's :class:`SparseModel`, built once and kept in ``model.extra``."""
+    sp = model.extra.get("_sparse")
+    if sp is None or sp.shapes is not model.shapes:
+        sp = sparse_model(model.shapes)
+        model.extra["_sparse"] = sp
+    return sp
+
+
+def _shared_gram(A: np.ndarray, wvec: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """``G = A^T diag(wvec) A``, its Cholesky factor and the diagonal of its inverse (policies 0/1)."""
+    Aw = A * np.sqrt(wvec)[:, None]
+    G = np.ascontiguousarray(Aw.T @ Aw)
+    try:
+        L = np.linalg.cholesky(G)
+        Linv = np.linalg.inv(L)
+        return G, np.ascontiguousarray(L), (Linv * Linv).sum(axis=0), bool(np.all(np.isfinite(L)))
+    except np.linalg.LinAlgError:
+        return G, np.zeros_like(G), np.zeros(G.shape[0]), False
 
 
 def fit_map(model: EngineModel, spectra: np.ndarray, *, block: int = 4096, refine: bool = False,

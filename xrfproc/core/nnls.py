@@ -19,26 +19,34 @@ __all__ = ["nnls_gram"]
 
 @numba.njit(cache=True)
 def _chol_solve_subset(G, b, idx, nidx, L, z, var, want_var):
-    """Solve G[idx,idx] z = b[idx] by Cholesky (L workspace); False if not positive definite."""
-    for r in range(nidx):
-        ir = idx[r]
-        for c in range(r + 1):
-            ic = idx[c]
-            s = G[ir, ic]
+    """Solve G[idx,idx] z = b[idx] by Cholesky (L workspace); False if not positive definite.
+
+    Column-oriented (one division per column, rows of ``L`` read contiguously).
+    """
+    for c in range(nidx):
+        ic = idx[c]
+        Lc = L[c]
+        s = G[ic, ic]
+        for k in range(c):
+            s -= Lc[k] * Lc[k]
+        if s <= 0.0:
+            return False
+        dc = np.sqrt(s)
+        Lc[c] = dc
+        inv = 1.0 / dc
+        for r in range(c + 1, nidx):
+            Lr = L[r]
+            s = G[idx[r], ic]
             for k in range(c):
-                s -= L[r, k] * L[c, k]
-            if r == c:
-                if s <= 0.0:
-                    return False
-                L[r, r] = np.sqrt(s)
-            else:
-                L[r, c] = s / L[c, c]
+                s -= Lr[k] * Lc[k]
+            Lr[c] = s * inv
     # forward / back substitution
     for r in range(nidx):
+        Lr = L[r]
         s = b[idx[r]]
         for k in range(r):
-            s -= L[r, k] * z[k]
-        z[r] = s / L[r, r]
+            s -= Lr[k] * z[k]
+        z[r] = s / Lr[r]
     for r in range(nidx - 1, -1, -1):
         s = z[r]
         for k in range(r + 1, nidx):
@@ -53,28 +61,36 @@ def _chol_solve_subset(G, b, idx, nidx, L, z, var, want_var):
 def _var_from_chol(L, nidx, var):
     """Diagonal of inv(L L^T) from the Cholesky factor: var_c = sum_r (L^-1)_rc^2."""
     e = np.empty(nidx)
+    inv = np.empty(nidx)
     for c in range(nidx):
-        var[c] = 0.0
+        inv[c] = 1.0 / L[c, c]
+    for c in range(nidx):
         # column c of L^-1: solve L e = unit c  (e_r = 0 for r < c)
-        e[c] = 1.0 / L[c, c]
+        e[c] = inv[c]
+        acc = e[c] * e[c]
         for r in range(c + 1, nidx):
+            Lr = L[r]
             s = 0.0
             for k in range(c, r):
-                s -= L[r, k] * e[k]
-            e[r] = s / L[r, r]
-        for r in range(c, nidx):
-            var[c] += e[r] * e[r]
+                s -= Lr[k] * e[k]
+            e[r] = s * inv[r]
+            acc += e[r] * e[r]
+        var[c] = acc
 
 
 @numba.njit(cache=True)
 def _nnls_one(G, b, nonneg, x, var, tol, maxiter):
     """Lawson-Hanson NNLS on normal equations for one problem; returns iterations used (-1: fail)."""
     n = b.size
-    passive = np.zeros(n, dtype=np.bool_)
-    idx = np.empty(n, dtype=np.int64)
-    L = np.empty((n, n))
-    z = np.empty(n)
-    zfull = np.empty(n)
+    return nnls_ws(G, b, nonneg, x, var, tol, maxiter, np.zeros(n, dtype=np.bool_), np.empty(n, dtype=np.int64),
+                   np.empty((n, n)), np.empty(n), np.empty(n), np.empty(n))
+
+
+@numba.njit(cache=True)
+def nnls_ws(G, b, nonneg, x, var, tol, maxiter, passive, idx, L, z, zfull, vtmp):
+    """:func:`_nnls_one` with caller-provided workspaces (``passive`` bool (n,), ``idx`` int (n,),
+    ``L`` (n, n), ``z``, ``zfull``, ``vtmp`` (n,)): no allocation, for use inside kernels."""
+    n = b.size
     # warm start: unconstrained solution on all columns
     for j in range(n):
         idx[j] = j
@@ -156,7 +172,6 @@ def _nnls_one(G, b, nonneg, x, var, tol, maxiter):
             m += 1
         var[j] = 0.0
     if m > 0:
-        vtmp = np.empty(m)
         if _chol_solve_subset(G, b, idx, m, L, z, vtmp, True):
             for r in range(m):
                 var[idx[r]] = vtmp[r]

@@ -67,12 +67,28 @@ def _snip_segment(d: np.ndarray, lo: int, hi: int, width: int, w: np.ndarray) ->
             d[i] = w[i]
 
 
-_CHUNK = 16  # spectra processed together, channels outer and spectra inner (SIMD over spectra)
+_CHUNK = 8  # spectra processed together, channels outer and spectra inner (SIMD over spectra)
+
+
+@numba.njit(cache=True, fastmath=True, inline="always")
+def _snip_pass(src, dst, a0, a1, off, half) -> None:
+    """One Jacobi SNIP pass on flat channel-major buffers: dst[k] = min(src[k], (src[k-off] + src[k+off]) / 2)
+    for k in [a0, a1). Written over slices so that every index is provably non-negative (numba then emits
+    no wrap-around code and LLVM vectorises the loop)."""
+    lo = src[a0 - off:a1 - off]
+    hi = src[a0 + off:a1 + off]
+    mid = src[a0:a1]
+    out = dst[a0:a1]
+    for k in range(a1 - a0):
+        a = (lo[k] + hi[k]) * half
+        v = mid[k]
+        out[k] = a if a < v else v
 
 
 @numba.njit(cache=True)
-def _snip_segment_T(d: np.ndarray, w: np.ndarray, lo: int, hi: int, width: int, m: int, half) -> None:
-    """SNIP in place on d[lo:hi, :m] (channels x spectra), Jacobi passes by swapping buffers.
+def _snip_segment_T(d, w, lo, hi, width, m, half) -> None:
+    """SNIP in place on channels [lo, hi) of the flat channel-major buffer d (channel c of spectrum j
+    at ``c * m + j``), Jacobi passes by swapping buffers.
 
     ``w`` must hold the same values as ``d`` on entry; on return ``d`` holds the result.
     Swapping is exact: pass ``p`` writes ``[lo+p, hi-p)``, a range that grows as ``p`` falls, so
@@ -84,23 +100,88 @@ def _snip_segment_T(d: np.ndarray, w: np.ndarray, lo: int, hi: int, width: int, 
         if p >= n - p:
             continue
         if swapped:
-            _snip_pass(w, d, lo + p, hi - p, p, m, half)
+            _snip_pass(w, d, (lo + p) * m, (hi - p) * m, p * m, half)
         else:
-            _snip_pass(d, w, lo + p, hi - p, p, m, half)
+            _snip_pass(d, w, (lo + p) * m, (hi - p) * m, p * m, half)
         swapped = not swapped
     if swapped:  # result is in w: copy the written range back
-        for i in range(lo, hi):
-            for j in range(m):
-                d[i, j] = w[i, j]
+        for k in range(lo * m, hi * m):
+            d[k] = w[k]
 
 
-@numba.njit(cache=True, fastmath=True, inline="always")
-def _snip_pass(src: np.ndarray, dst: np.ndarray, a0: int, a1: int, p: int, m: int, half) -> None:
-    for i in range(a0, a1):
-        for j in range(m):
-            a = (src[i - p, j] + src[i + p, j]) * half
-            v = src[i, j]
-            dst[i, j] = a if a < v else v
+@numba.njit(cache=True)
+def load_chunk(spectra, s0, cnt, m, i0, n, npoints, coeff, den, smooth3, yr, d, y, ys):
+    """Read spectra[s0:s0+cnt, i0:i0+n] into the flat channel-major buffers ``yr`` (raw counts,
+    float64) and ``d`` (the SNIP input: Savitzky-Golay smoothed, plus [1/4, 1/2, 1/4] with
+    ``smooth3``); lanes ``cnt..m-1`` are zero. ``y``, ``ys``: work rows (n,). Returns the number
+    of (non-finite, negative) values read."""
+    nbad = 0
+    nneg = 0
+    if npoints < 3 and not smooth3:  # no smoothing: transpose directly, reading cnt rows side by side
+        for c in range(n):
+            for j in range(cnt):
+                v = float(spectra[s0 + j, i0 + c])
+                if not np.isfinite(v):
+                    nbad += 1
+                elif v < 0.0:
+                    nneg += 1
+                yr[c * m + j] = v
+                d[c * m + j] = v
+            for j in range(cnt, m):
+                yr[c * m + j] = 0.0
+                d[c * m + j] = 0.0
+        return nbad, nneg
+    for j in range(m):
+        if j >= cnt:
+            for c in range(n):
+                yr[c * m + j] = 0.0
+                d[c * m + j] = 0.0
+            continue
+        row = spectra[s0 + j]
+        for c in range(n):
+            v = float(row[i0 + c])
+            y[c] = v
+            if not np.isfinite(v):
+                nbad += 1
+            elif v < 0.0:
+                nneg += 1
+        for c in range(n):
+            yr[c * m + j] = y[c]
+        if npoints < 3 and not smooth3:
+            for c in range(n):
+                d[c * m + j] = y[c]
+            continue
+        if npoints >= 3:
+            _smooth_into(y, ys, coeff, den)
+        else:
+            for c in range(n):
+                ys[c] = y[c]
+        if smooth3 and n > 1:
+            for c in range(1, n - 1):
+                y[c] = 0.25 * ys[c - 1] + 0.5 * ys[c] + 0.25 * ys[c + 1]
+            y[0] = 0.5 * (ys[0] + y[1]) if n > 2 else 0.5 * (ys[0] + ys[1])
+            y[n - 1] = 0.5 * (ys[n - 1] + y[n - 2]) if n > 2 else 0.5 * (ys[n - 1] + ys[n - 2])
+            for c in range(n):
+                d[c * m + j] = y[c]
+        else:
+            for c in range(n):
+                d[c * m + j] = ys[c]
+    return nbad, nneg
+
+
+@numba.njit(cache=True)
+def snip_chunk(d, w, n, m, width, anchors, half) -> None:
+    """SNIP (PyMca's segments between anchors) of the flat channel-major chunk d (n channels x m
+    spectra), in place; ``w`` is scratch of the same size."""
+    for k in range(n * m):
+        w[k] = d[k]
+    last = 0
+    for a in anchors:
+        if a > last and a < n:
+            _snip_segment_T(d, w, last, a, width, m, half)
+            last = a
+    if last < n:
+        _snip_segment_T(d, w, last, n, width, m, half)
 
 
 @numba.njit(cache=True, parallel=True)
@@ -115,52 +196,25 @@ def snip_block_kernel(spectra, i0, i1, width, npoints, anchors, bkg_out, ysub_ou
     """
     nspec = spectra.shape[0]
     n = i1 - i0
+    m = _CHUNK
     coeff, den = _sg_coeffs(npoints)
-    nchunks = (nspec + _CHUNK - 1) // _CHUNK
+    nchunks = (nspec + m - 1) // m
     for ck in numba.prange(nchunks):
-        s0 = ck * _CHUNK
-        s1 = min(nspec, s0 + _CHUNK)
-        m = s1 - s0
+        s0 = ck * m
+        cnt = min(nspec, s0 + m) - s0
         half = proto[0]
-        d = np.empty((n, m), dtype=proto.dtype)
-        w = np.empty((n, m), dtype=proto.dtype)
-        y = np.empty(n)
-        ys = np.empty(n)
-        for j in range(m):
-            for c in range(n):
-                y[c] = spectra[s0 + j, i0 + c]
-            if npoints >= 3:
-                _smooth_into(y, ys, coeff, den)
-            else:
-                for c in range(n):
-                    ys[c] = y[c]
-            if smooth3 and n > 1:
-                for c in range(1, n - 1):
-                    y[c] = 0.25 * ys[c - 1] + 0.5 * ys[c] + 0.25 * ys[c + 1]
-                y[0] = 0.5 * (ys[0] + y[1]) if n > 2 else 0.5 * (ys[0] + ys[1])
-                y[n - 1] = 0.5 * (ys[n - 1] + y[n - 2]) if n > 2 else 0.5 * (ys[n - 1] + ys[n - 2])
-                for c in range(n):
-                    d[c, j] = y[c]
-            else:
-                for c in range(n):
-                    d[c, j] = ys[c]
-        for c in range(n):
-            for j in range(m):
-                w[c, j] = d[c, j]
-        last = 0
-        for a in anchors:
-            if a > last and a < n:
-                _snip_segment_T(d, w, last, a, width, m, half)
-                last = a
-        if last < n:
-            _snip_segment_T(d, w, last, n, width, m, half)
-        for j in range(m):
+        yr = np.empty(n * m)
+        d64 = np.empty(n * m)
+        load_chunk(spectra, s0, cnt, m, i0, n, npoints, coeff, den, smooth3, yr, d64, np.empty(n), np.empty(n))
+        d = d64.astype(proto.dtype)
+        snip_chunk(d, np.empty(n * m, dtype=proto.dtype), n, m, width, anchors, half)
+        for j in range(cnt):
             if want_bkg:
                 for c in range(n):
-                    bkg_out[s0 + j, c] = d[c, j]
+                    bkg_out[s0 + j, c] = d[c * m + j]
             if want_ysub:
                 for c in range(n):
-                    ysub_out[s0 + j, c] = spectra[s0 + j, i0 + c] - d[c, j]
+                    ysub_out[s0 + j, c] = yr[c * m + j] - d[c * m + j]
 
 
 def filter_points(filter_width: float) -> int:
