@@ -186,7 +186,7 @@ def test_quantify_areal_norm_mask_and_div_by_cnc(tmp_path):
         assert g["sum/int_stddev"][()][0] == pytest.approx(sums[0] / 1e5 / 2e-3 * np.hypot(0.01, 0.02))
         assert store.decode_names(g["refs"][()]) == [f"{ref}::elyield/ref/channel00"]
         prov = store.read_provenance(f["quant"])
-        assert prov["step"] == "quant" and json.loads(json.dumps(prov["parameters"]))["mask"] is True
+        assert prov["step"] == "quantify" and json.loads(json.dumps(prov["parameters"]))["mask"] is True
     # normalised by Compton: yields per Compton count of the reference, maps per Compton count
     quantify(path, ref, norm="Compt")
     with store.open_read(path) as f:

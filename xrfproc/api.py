@@ -18,6 +18,7 @@ from .steps.detlim import detlim
 from .steps.imaging import correlation_plot, overview_images
 from .steps.normalise import normalise
 from .steps.quant import div_by_cnc, quantify
+from .steps.report import report
 from .steps.stats import kmeans, pca
 from .steps.tomo import tomo
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["convert", "inspect", "simulate", "simulate_reference", "demo_dataset", "fit", "normalise", "detlim",
            "read_cnc", "write_cnc", "Cnc", "make_config", "suggest_elements", "converter_kinds",
-           "kmeans", "pca", "overview_images", "tomo", "quantify", "div_by_cnc", "correlation_plot"]
+           "kmeans", "pca", "overview_images", "tomo", "quantify", "div_by_cnc", "correlation_plot", "report"]
 
 
 def converter_kinds() -> list[str]:

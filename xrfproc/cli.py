@@ -8,6 +8,7 @@
     xrfproc normalise FILE.h5 [--I0norm 1e6 --snake ...]
     xrfproc detlim REF.h5 nist613 / xrfproc quantify FILE.h5 REF.h5 [--matrix M.cnc]
     xrfproc image FILE.h5 [norm|quant|...] [--pixel-um 2 --scale-um 20]
+    xrfproc report FILE.h5 [-o OUT.html]
     xrfproc demo [FOLDER]
 
 User mistakes print one line (``xrfproc: error: <file>:<dataset>: <what was expected>``) and exit with
@@ -124,6 +125,11 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    print(api.report(args.file, out=args.output, pix_size_um=args.pixel_um))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
     from .progress import terminal_bar
@@ -220,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel")
     p.add_argument("--option", "-O", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_image)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report (maps, spectra, detection limits, "
+                                      "quantification, provenance)")
+    p.add_argument("file")
+    p.add_argument("-o", "--output", help="HTML file to write (default <file>_report.html)")
+    p.add_argument("--pixel-um", type=float, help="pixel size for the scale bars (default: motor step, read as mm)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="simulate the demo data and process it")
     p.add_argument("folder", nargs="?", default="demo_output")

@@ -290,7 +290,7 @@ def quantify(h5file: str | Path, references: str | Path | Sequence[str | Path], 
                                                                                                absorb[1]))],
               "incidence_deg": incidence_deg, "exit_deg": exit_deg, "energy_keV": energy_keV,
               "max_factor": max_factor}
-    with store.transaction(path, "quant", replace=replace, params=params,
+    with store.transaction(path, "quantify", replace=replace, params=params,
                            inputs=[f"norm/{c}" for c in results]) as tx:
         for c, (ytab, labels, vals, errs, res_sum, unit, extra, m) in results.items():
             g = tx.group(f"quant/{c}")
