@@ -185,28 +185,14 @@ def read_cnc(path: str | Path) -> Cnc:
         if len(parts) < 2:
             raise ConfigError(f"line {lineno}: expected 'Z  concentration  [error]', found {lines[7 + i].strip()!r}",
                               path=path)
-        zi = _float(parts[0], path, lineno, "Z")
-        if zi != int(zi) or not 1 <= zi <= 98:
-            raise ConfigError(f"line {lineno}: Z must be a whole number in 1..98, found {parts[0]!r}", path=path)
-        ci = _float(parts[1], path, lineno, "the concentration")
-        ei = _float(parts[2], path, lineno, "the error") if len(parts) > 2 else 0.0
-        if ci < 0 or ei < 0:
-            raise ConfigError(f"line {lineno}: concentration and error must not be negative", path=path)
-        z.append(int(zi)), conc.append(ci), err.append(ei)
+        row = _row(parts, path, lineno)
+        z.append(row[0]), conc.append(row[1]), err.append(row[2])
     rest = lines[7 + n:]
     # rows beyond the announced count (a real file, sarm69.cnc, forgets its last row): read them, warn
     extra = 0
     while extra < len(rest) and rest[extra].strip() and _looks_like_row(rest[extra]):
-        parts = _fields(rest[extra])
-        lineno = 8 + n + extra
-        zi = _float(parts[0], path, lineno, "Z")
-        if zi != int(zi) or not 1 <= zi <= 98:
-            raise ConfigError(f"line {lineno}: Z must be a whole number in 1..98, found {parts[0]!r}", path=path)
-        ci = _float(parts[1], path, lineno, "the concentration")
-        ei = _float(parts[2], path, lineno, "the error") if len(parts) > 2 else 0.0
-        if ci < 0 or ei < 0:
-            raise ConfigError(f"line {lineno}: concentration and error must not be negative", path=path)
-        z.append(int(zi)), conc.append(ci), err.append(ei)
+        row = _row(_fields(rest[extra]), path, 8 + n + extra)
+        z.append(row[0]), conc.append(row[1]), err.append(row[2])
         extra += 1
     if extra:
         log.warning("%s: line 6 announces %d elements but %d rows follow; all %d are read", path, n, n + extra,
@@ -223,6 +209,18 @@ def read_cnc(path: str | Path) -> Cnc:
         if not 0.9e6 <= total <= 1.1e6:
             log.warning("%s: concentrations sum to %.4g ppm, far from 1e6 ppm", path, total)
     return cnc
+
+
+def _row(parts: list[str], path: Path, lineno: int) -> tuple[int, float, float]:
+    """One ``Z  concentration  [error]`` row, validated."""
+    zi = _float(parts[0], path, lineno, "Z")
+    if zi != int(zi) or not 1 <= zi <= 98:
+        raise ConfigError(f"line {lineno}: Z must be a whole number in 1..98, found {parts[0]!r}", path=path)
+    ci = _float(parts[1], path, lineno, "the concentration")
+    ei = _float(parts[2], path, lineno, "the error") if len(parts) > 2 else 0.0
+    if ci < 0 or ei < 0:
+        raise ConfigError(f"line {lineno}: concentration and error must not be negative", path=path)
+    return int(zi), ci, ei
 
 
 def _looks_like_row(line: str) -> bool:
