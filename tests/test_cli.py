@@ -37,3 +37,18 @@ def test_user_mistakes_exit_2_without_traceback(tmp_path, capsys):
     assert "bad.cnc" in err and "Traceback" not in err
     assert main(["convert", str(tmp_path / "bad.cnc")]) == 2
     assert "unrecognised file format" in capsys.readouterr().err
+
+
+def test_xrfrun_scheduler_option_reaches_the_fit(tmp_path, monkeypatch):
+    from xrfproc import store
+    from xrfproc.dsl.cli import main as xrfrun
+
+    monkeypatch.delenv("XRFPROC_SCHEDULER", raising=False)
+    recipe = tmp_path / "r.xrf"
+    recipe.write_text('simulate "m.h5" rows=3 cols=4\n'
+                      'make_config "m.h5" elements=[Fe, Zn, Sr] energy=18keV -> "m.cfg"\n'
+                      'fit "m.h5" config="m.cfg" mode=fast\n')
+    assert xrfrun([str(recipe), "--scheduler", "threads", "--no-progress"]) == 0
+    with store.open_read(tmp_path / "m.h5") as f:
+        prov = store.read_provenance(f["fit"])
+    assert prov["parameters"]["ran_on"]["scheduler"] == "threads"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--export", metavar="FILE.h5", help="write the recipe that reproduces FILE.h5")
     p.add_argument("--from", dest="start", metavar="STEP", help="start at this step (number, name or line:N)")
     p.add_argument("--resume", action="store_true", help="let steps that can resume continue their work")
+    p.add_argument("--scheduler", metavar="ADDR",
+                   help="Dask scheduler for the fit steps (tcp://host:8786, threads, processes; "
+                        "default $XRFPROC_SCHEDULER or local)")
     p.add_argument("-o", "--output", help="with --export: the recipe file to write (default stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
@@ -61,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``xrfrun`` console script; returns the exit status."""
     ap = build_parser()
     args = ap.parse_args(argv)
+    if args.scheduler:
+        os.environ["XRFPROC_SCHEDULER"] = args.scheduler  # read by xrfproc.scheduler.resolve
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -125,6 +125,8 @@ def parser() -> argparse.ArgumentParser:
                    help="data folder the tools may read and write (repeatable; default the working directory)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"largest map one call may process (default {DEFAULT_MAX_PIXELS})")
+    p.add_argument("--scheduler", metavar="ADDR",
+                   help="Dask scheduler for fit steps (tcp://host:8786; default $XRFPROC_SCHEDULER or local)")
     p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                    help="stop long steps after this many seconds (default: no limit)")
     p.add_argument("--http", type=int, metavar="PORT", help="serve streamable HTTP on PORT instead of stdio")
@@ -137,6 +139,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.scheduler:
+        os.environ["XRFPROC_SCHEDULER"] = args.scheduler  # read by xrfproc.scheduler.resolve
     logging.basicConfig(stream=sys.stderr, level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
