@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._sniff import head_bytes
 from ...errors import InputError
 from ..limits import check_size, nbytes
 from ..rawmap import RawChannel, RawMap
@@ -27,14 +28,10 @@ _PER_POINT = ("I0", "I1", "icr", "ocr", "acquisition_time", "mot1", "mot2")
 
 def sniff(path: str | Path) -> bool:
     """True for a ``.npy`` file (numpy magic) holding a numeric array of rank 1 to 3."""
+    if head_bytes(path, 6) != b"\x93NUMPY":
+        return False
     try:
-        p = Path(path)
-        if not p.is_file():
-            return False
-        with open(p, "rb") as fh:
-            if fh.read(6) != b"\x93NUMPY":
-                return False
-        arr = np.load(p, mmap_mode="r", allow_pickle=False)
+        arr = np.load(Path(path), mmap_mode="r", allow_pickle=False)
         return arr.dtype.kind in "uif" and 1 <= arr.ndim <= 3
     except Exception:
         return False

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ._sniff import head_bytes
 from ...errors import InputError
 from ..rawmap import RawChannel, RawMap
 
@@ -34,16 +35,8 @@ _ENV = re.compile(r'^\s*(\S+?)\s*=\s*"(.*?)"\s*(?:\((.*)\))?\s*$')
 
 def sniff(path: str | Path) -> bool:
     """True for a text file whose first line is ``VERSION:`` and which has a ``DATA:`` line."""
-    try:
-        p = Path(path)
-        if not p.is_file():
-            return False
-        with open(p, "rb") as fh:
-            head = fh.read(65536)
-        text = head.decode("latin-1")
-        return text.lstrip().startswith("VERSION:") and "\nDATA:" in text
-    except Exception:
-        return False
+    text = head_bytes(path, 65536).decode("latin-1")
+    return text.lstrip().startswith("VERSION:") and "\nDATA:" in text
 
 
 def parse(path: str | Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ._sniff import head_bytes
 from ...errors import InputError
 from ..rawmap import RawMap
 
@@ -23,16 +24,12 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 def sniff(path: str | Path) -> bool:
     """True for an HDF5 file with a dataset ``raw/channel00/spectra``."""
+    if head_bytes(path, 8) != _HDF5_MAGIC:
+        return False
     try:
-        p = Path(path)
-        if not p.is_file():
-            return False
-        with open(p, "rb") as fh:
-            if fh.read(8) != _HDF5_MAGIC:
-                return False
         import h5py
 
-        with h5py.File(p, "r") as f:
+        with h5py.File(Path(path), "r") as f:
             if "raw/channel00/spectra" in f and isinstance(f.get("raw/channel00/spectra"), h5py.Dataset):
                 return True
             # spectra behind an external link whose bulk file is missing or broken: still our layout

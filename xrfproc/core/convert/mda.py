@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from ._sniff import head_bytes
 from ...errors import InputError
 from ..mdafile import MdaFile, acquired_shape, level_arrays, read_mda
 from ..rawmap import RawChannel, RawMap
@@ -72,14 +73,10 @@ _ELEM = ("a", "b", "c", "d", "e", "f", "g", "h")
 
 def sniff(path: str | Path) -> bool:
     """True for a file starting with an MDA 1.2-1.4 version word and a sane rank."""
+    head = head_bytes(path, 12)
+    if len(head) < 12:
+        return False
     try:
-        p = Path(path)
-        if not p.is_file():
-            return False
-        with open(p, "rb") as fh:
-            head = fh.read(12)
-        if len(head) < 12:
-            return False
         ver = np.frombuffer(head[:4], ">f4")[0]
         rank = int(np.frombuffer(head[8:12], ">i4")[0])
         return bool(np.isfinite(ver)) and round(100 * float(ver)) in (120, 130, 140) and 1 <= rank <= 8
