@@ -74,17 +74,22 @@ def check_links(file: str | Path) -> list[str]:
         Naming the file, the link and its target.
     """
     path = Path(file)
-    if not path.exists():
-        raise InputError("file not found", path=path)
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise InputError(f"not a readable HDF5 file ({exc})", path=path) from None
+    f = open_hdf5(path)
     with f:
         try:
             return _check_links(f, path)
         except (OSError, RuntimeError, KeyError, ValueError) as exc:
             raise InputError(f"corrupt HDF5 file ({exc})", path=path) from None
+
+
+def open_hdf5(path: Path) -> h5py.File:
+    """``path`` opened read-only, or an InputError saying it is missing or not readable HDF5."""
+    if not path.exists():
+        raise InputError("file not found", path=path)
+    try:
+        return h5py.File(path, "r")
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise InputError(f"not a readable HDF5 file ({exc})", path=path) from None
 
 
 def check_declared_sizes(f: h5py.File, path: str | Path) -> None:

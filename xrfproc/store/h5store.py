@@ -34,7 +34,7 @@ from .._version import __version__
 from ..errors import FileBusyError, InputError, LayoutError, WriteError
 from .naming import BULK_SUFFIX, bulk_dir  # noqa: F401 (re-exported)
 from .atomic_io import IN_MEMORY_MAX_BYTES, _fsync_path, _GuardedFile, _write_failure, _write_image  # noqa: F401
-from .checks import _check_links, check_declared_sizes, check_links  # noqa: F401 (re-exported)
+from .checks import _check_links, check_declared_sizes, check_links, open_hdf5  # noqa: F401 (re-exported)
 from .locking import _pid_alive, file_lock  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -149,12 +149,7 @@ def open_read(path: str | Path) -> Iterator[h5py.File]:
         declares arrays too large to be real.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError("file not found", path=path)
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise InputError(f"not a readable HDF5 file ({exc})", path=path) from None
+    f = open_hdf5(path)
     try:
         try:
             _check_links(f, path)
