@@ -120,6 +120,18 @@ def _nearest(axis: np.ndarray, values: np.ndarray) -> np.ndarray:
     return order[idx]
 
 
+def _selected_stacks(path: Path, datadir: str, channel: str | None, elements: Sequence[Any] | None
+                     ) -> list[tuple[str, str, np.ndarray, list[str], list[int]]]:
+    """Per channel of ``datadir``: ``(channel, ims path, images, line names, selected line indices)``."""
+    with store.open_read(path) as f:
+        stacks = resolve_stacks(f, datadir, channel)
+    out = []
+    for c, ims_path in stacks:
+        ims, names = _read_stack(path, ims_path)
+        out.append((c, ims_path, ims, names, select_elements(names, elements, ims_path)))
+    return out
+
+
 def _write_kmeans(tx: Any, path: Path, channel: str, res: core_stats.KMeansResult, data_dir: str,
                   el_names: list[str], summary: dict[str, Any]) -> None:
     g = tx.group(f"kmeans/{channel}")
@@ -170,13 +182,10 @@ def kmeans(h5file: str | Path, datadir: str = "norm", nclusters: int = 5, elemen
         Per channel: the lines used, pixels per cluster, cluster centres.
     """
     path = Path(h5file)
-    with store.open_read(path) as f:
-        stacks = resolve_stacks(f, datadir, channel)
+    stacks = _selected_stacks(path, datadir, channel, elements)
     results = []
     summary: dict[str, Any] = {"file": str(path), "channels": {}, "warnings": []}
-    for i, (c, ims_path) in enumerate(stacks):
-        ims, names = _read_stack(path, ims_path)
-        ids = select_elements(names, elements, ims_path)
+    for i, (c, ims_path, ims, names, ids) in enumerate(stacks):
         res = core_stats.kmeans(ims, nclusters, ids, seed=seed)
         el_names = [names[j] for j in ids]
         results.append((c, ims_path, res, el_names))
@@ -208,13 +217,10 @@ def pca(h5file: str | Path, datadir: str = "norm", ncomponents: int = 5, element
         Per channel: the lines used, relative variance explained, loadings.
     """
     path = Path(h5file)
-    with store.open_read(path) as f:
-        stacks = resolve_stacks(f, datadir, channel)
+    stacks = _selected_stacks(path, datadir, channel, elements)
     results = []
     summary: dict[str, Any] = {"file": str(path), "channels": {}, "warnings": []}
-    for i, (c, ims_path) in enumerate(stacks):
-        ims, names = _read_stack(path, ims_path)
-        ids = select_elements(names, elements, ims_path)
+    for i, (c, ims_path, ims, names, ids) in enumerate(stacks):
         res = core_stats.pca(ims, ncomponents, ids, seed=seed)
         km = core_stats.kmeans(res.scores, res.ncomponents, seed=seed) if kmeans else None
         el_names = [names[j] for j in ids]
