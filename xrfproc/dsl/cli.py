@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.recipe}: OK ({len(plan.steps)} steps)")
             return 0
         if args.dry_run:
-            runner.print_plan(plan, start=start)
+            print(runner.plan_text(plan, start=start))
             return 0
         try:
             outcomes = runner.run_plan(plan, start=start, resume=args.resume,
@@ -96,14 +96,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except RecipeError as exc:
             done = getattr(exc, "outcomes", None)
             if done:
-                runner.print_summary(done, plan)
+                print(runner.summary_text(done, plan))
             print(str(exc), file=sys.stderr)
             step = getattr(exc, "step", None)
             if step:
                 print(f"xrfrun: fix the problem and continue with: xrfrun {args.recipe} --from {step}",
                       file=sys.stderr)
             return 2
-        runner.print_summary(outcomes, plan)
+        print(runner.summary_text(outcomes, plan))
         return 0
     except XrfError as exc:
         print(str(exc) if isinstance(exc, RecipeError) else f"xrfrun: error: {exc}", file=sys.stderr)

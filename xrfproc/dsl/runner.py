@@ -9,11 +9,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, TextIO
+from typing import Any, Callable, ContextManager, Iterator
 
 from ..errors import RecipeError, XrfError
 from ..progress import terminal_bar
@@ -181,9 +180,8 @@ def run_plan(plan: Plan, start: int = 1, resume: bool = False, bar: bool = True,
     return outcomes
 
 
-def print_summary(outcomes: list[Outcome], plan: Plan, stream: TextIO | None = None) -> None:
-    """One line per step: number, step, file, seconds, result."""
-    stream = stream if stream is not None else sys.stdout
+def summary_text(outcomes: list[Outcome], plan: Plan) -> str:
+    """One line per step: number, step, file, seconds, result; then the totals."""
     def rel(s: str) -> str:
         if os.path.isabs(s):
             with contextlib.suppress(ValueError):
@@ -192,6 +190,7 @@ def print_summary(outcomes: list[Outcome], plan: Plan, stream: TextIO | None = N
 
     width = max([len(o.name) for o in outcomes] + [4])
     fwidth = min(40, max([len(rel(o.target)) for o in outcomes] + [4]))
+    lines = []
     for o in outcomes:
         if o.status == "done":
             what = format_result(o.result, plan.base)
@@ -200,16 +199,18 @@ def print_summary(outcomes: list[Outcome], plan: Plan, stream: TextIO | None = N
             what, t = "skipped (--from)", " " * 9
         else:
             what, t = "FAILED", f"{o.seconds:7.1f} s"
-        print(f"{o.number:3d}  {o.name:<{width}}  {rel(o.target):<{fwidth}}  {t}  {what}", file=stream)
+        lines.append(f"{o.number:3d}  {o.name:<{width}}  {rel(o.target):<{fwidth}}  {t}  {what}")
     done = sum(o.status == "done" for o in outcomes)
     secs = sum(o.seconds for o in outcomes)
-    print(f"{done} of {len(plan.steps)} steps done in {secs:.1f} s", file=stream)
+    lines.append(f"{done} of {len(plan.steps)} steps done in {secs:.1f} s")
+    return "\n".join(lines)
 
 
-def print_plan(plan: Plan, stream: TextIO | None = None, start: int = 1) -> None:
+def plan_text(plan: Plan, start: int = 1) -> str:
     """The ``--dry-run`` listing: every step as it will be called, with its recipe line."""
-    stream = stream if stream is not None else sys.stdout
+    lines = []
     for st in plan.steps:
         mark = " " if st.number >= start else "-"
         bind = f"let {st.result_var} = " if st.result_var else ""
-        print(f"{mark}{st.number:3d}  {bind}{st.describe(plan.base)}    # {st.pos.file}:{st.pos.line}", file=stream)
+        lines.append(f"{mark}{st.number:3d}  {bind}{st.describe(plan.base)}    # {st.pos.file}:{st.pos.line}")
+    return "\n".join(lines)
