@@ -154,8 +154,12 @@ def build_model(config: Mapping[str, Any], sum_spectrum: np.ndarray, nbins: int 
                           "[fit] stripalgorithm = 1 in the configuration (0 is the slow 'strip' algorithm)")
     if int(fit.get("strategyflag", 0)):
         raise ConfigError("the fit engine does not support fit strategies: set [fit] strategyflag = 0")
+    from xrfproc.core import model_cache
+
+    key = model_cache.model_key(config, ysum.size, weight, pymca_bridge.PYMCA_VERSION)
     try:
-        d = pymca_bridge.engine_model_inputs(config, ysum, weight=weight)
+        # the inputs do not depend on the spectra (see model_cache): one build per configuration
+        d = model_cache.cached(key, lambda: pymca_bridge.engine_model_inputs(config, ysum, weight=weight))
     except (ValueError, ZeroDivisionError) as exc:
         raise ConfigError(f"PyMca could not build the fit model: {exc}") from None
     i0, i1 = d["i0"], d["i1"]

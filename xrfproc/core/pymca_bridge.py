@@ -23,6 +23,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+import PyMca5 as _PyMca5
 from PyMca5 import PyMcaDataDir
 from PyMca5.PyMcaIO import ConfigDict as _ConfigDict
 from PyMca5.PyMcaIO import specfilewrapper as _specfile
@@ -32,6 +33,9 @@ from PyMca5.PyMcaPhysics.xrf.XRFBatchFitOutput import OutputBuffer as _OutputBuf
 
 log = logging.getLogger(__name__)
 
+#: PyMca's version (part of the engine model cache key)
+PYMCA_VERSION = str(getattr(_PyMca5, "version", lambda: "unknown")()) if callable(getattr(_PyMca5, "version", None)) \
+    else str(getattr(_PyMca5, "__version__", "unknown"))
 #: folder of the data PyMca ships (Steel.spe, Steel.cfg, XRFSpectrum.mca, McaTheory.cfg)
 PYMCA_DATA_DIR = Path(PyMcaDataDir.PYMCA_DATA_DIR)
 
