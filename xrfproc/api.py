@@ -35,7 +35,7 @@ def converter_kinds() -> list[str]:
 
 
 def convert(source: str | Path | Sequence[str | Path], out: str | Path | None = None, kind: str = "auto",
-            **options: Any) -> Path:
+            compression: str = "gzip", **options: Any) -> Path:
     """Convert beamline file(s) into a file of the uniform layout.
 
     Parameters
@@ -46,20 +46,27 @@ def convert(source: str | Path | Sequence[str | Path], out: str | Path | None = 
         The file to write; default ``<first source stem>_merge.h5`` next to the source.
     kind : str
         ``"auto"`` (detect from the content) or one of :func:`converter_kinds`.
+    compression : str
+        Of the raw spectra: ``"gzip"`` (level 4, readable everywhere; default), ``"lz4"`` or
+        ``"blosc"`` (faster; reading needs the ``hdf5plugin`` filters) or ``"none"``.
     **options
         Passed to the reader (e.g. ``scan="1.1"``, ``dims=(10, 10)``, ``sort=True``).
 
     Returns
     -------
     Path
-        The file written.
+        The file written. The spectra are copied block by block: memory does not grow with the map.
     """
+    from .store.filters import check_compression
+
+    compression = check_compression(compression)
     first = Path(source[0] if isinstance(source, (list, tuple)) and source else source)  # type: ignore[index]
     raw = _convert.read_any(source, kind=kind, **options)
     if out is None:
         out = first.with_name((first.stem if first.suffix else first.name) + "_merge.h5")
     sources = [str(s) for s in source] if isinstance(source, (list, tuple)) else [str(source)]
-    return store.write_raw(out, raw, params={"kind": kind, "source": sources, **options})
+    return store.write_raw(out, raw, params={"kind": kind, "source": sources, "compression": compression, **options},
+                           compression=compression)
 
 
 def inspect(h5file: str | Path) -> dict[str, Any]:

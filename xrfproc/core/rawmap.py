@@ -22,7 +22,8 @@ class RawChannel:
     ----------
     spectra : array-like, shape (*grid, nbins)
         Counts per energy bin. Any object with ``shape``, ``dtype`` and slicing along the first axis
-        works (numpy array, h5py dataset), so large maps need not be in memory.
+        works (numpy array, h5py dataset, :class:`~xrfproc.core.convert.lazy.LazySpectra` of the
+        HDF5 readers), so large maps need not be in memory: the store copies them block by block.
     icr, ocr : ndarray, shape grid
         Input and output count rates (counts/s). ``icr / ocr`` is the dead-time factor.
     calibration : tuple of float, optional

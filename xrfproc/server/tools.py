@@ -192,6 +192,10 @@ async def convert(
     spectra: Annotated[str | None, Field(None, max_length=4096,
                                          description="Separate spectra file (APS .mda maps), inside a data root")]
     = None,
+    compression: Annotated[Literal["gzip", "lz4", "blosc", "none"],
+                           Field("gzip", description="Compression of the raw spectra: gzip (level 4, readable "
+                                                     "everywhere), lz4 or blosc (faster; reading needs the "
+                                                     "hdf5plugin filters), none")] = "gzip",
 ) -> m.FileResult:
     """Convert beamline data into a file of the uniform layout (raw spectra, I0, motors, ...);
     default output <first source stem>_merge.h5 next to the source."""
@@ -207,7 +211,8 @@ async def convert(
             opts["dims"] = tuple(dims)
         if spectra is not None:
             opts["spectra"] = infile(ctx, spectra, "spectra")
-        p = api.convert(srcs if len(srcs) > 1 else srcs[0], out=outfile(ctx, out), kind=kind, **opts)
+        p = api.convert(srcs if len(srcs) > 1 else srcs[0], out=outfile(ctx, out), kind=kind,
+                        compression=compression, **opts)
         return results.file_result(p, roots(ctx))
     return await run_step(ctx, work)
 

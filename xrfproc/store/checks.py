@@ -14,6 +14,7 @@ import numpy as np
 
 from ..core.limits import check_size
 from ..errors import InputError, LayoutError
+from .filters import register_plugins
 
 
 def _inside(folder: Path, target: str) -> bool:
@@ -86,6 +87,7 @@ def open_hdf5(path: Path) -> h5py.File:
     """``path`` opened read-only, or an InputError saying it is missing or not readable HDF5."""
     if not path.exists():
         raise InputError("file not found", path=path)
+    register_plugins()  # spectra may be LZ4/Blosc compressed
     try:
         return h5py.File(path, "r")
     except (OSError, RuntimeError, ValueError) as exc:

@@ -35,13 +35,14 @@ from ..errors import FileBusyError, InputError, LayoutError, WriteError
 from .naming import BULK_SUFFIX, bulk_dir  # noqa: F401 (re-exported)
 from .atomic_io import IN_MEMORY_MAX_BYTES, _fsync_path, _GuardedFile, _write_failure, _write_image  # noqa: F401
 from .checks import _check_links, check_declared_sizes, check_links, open_hdf5  # noqa: F401 (re-exported)
+from .filters import GZIP  # noqa: F401 (re-exported)
 from .locking import _pid_alive, file_lock  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-#: compression of every array, as in the original layout (readable by any HDF5 installation)
-GZIP = {"compression": "gzip", "compression_opts": 4}
+# GZIP (from filters.py): compression of every array, as in the original layout (readable by any
+# HDF5 installation); the raw spectra may use another one (store/filters.py)
 
 
 # --------------------------------------------------------------------------- small helpers

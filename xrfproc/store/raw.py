@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -11,7 +12,8 @@ import numpy as np
 from ..core.limits import check_size
 from ..core.rawmap import RawChannel, RawMap
 from ..errors import InputError, LayoutError
-from .h5store import GZIP, channels, decode_names, open_read, require, transaction, write_array
+from .filters import ChunkWriter, check_compression, dataset_options
+from .h5store import channels, decode_names, open_read, require, transaction, write_array
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +48,38 @@ def _check_counts(block: np.ndarray, name: str, where: str) -> None:
     """Spectra hold counts: numbers, not negative, not infinite (NaN marks a point that is missing)."""
     if block.dtype.kind not in "uifb":
         raise InputError(f"spectra must be numbers, found dtype {block.dtype}", dataset=name)
-    if block.size and block.dtype.kind in "if":
+    if not block.size:
+        return
+    if block.dtype.kind == "i":
+        if block.min() < 0:
+            raise InputError(f"negative counts in spectra {where}", dataset=name)
+    elif block.dtype.kind == "f":
         with np.errstate(invalid="ignore"):
             if np.any(block < 0):
                 raise InputError(f"negative counts in spectra {where}", dataset=name)
-        if block.dtype.kind == "f" and np.isinf(block).any():
+        if np.isinf(block).any():
             raise InputError(f"infinite counts in spectra {where} (NaN marks a missing point; inf is not a count)",
                              dataset=name)
 
 
-def _write_spectra(bulk: h5py.File, name: str, spectra: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Copy spectra block by block into ``bulk[name]``; return the sum and max spectrum."""
+def block_rows(shape: tuple[int, ...], chunks: tuple[int, ...]) -> int:
+    """Rows per block when copying spectra of ``shape``: about 16 chunks, a whole number of chunk rows."""
+    per_row = int(np.prod(shape[1:]))
+    rows = max(1, (16 * CHUNK_VALUES) // max(per_row, 1))
+    return max(chunks[0], rows // chunks[0] * chunks[0])
+
+
+def _write_spectra(bulk: h5py.File, name: str, spectra: Any, compression: str = "gzip") -> tuple[np.ndarray, np.ndarray]:
+    """Copy spectra block by block into ``bulk[name]``; return the sum and max spectrum.
+
+    Each block of rows is read from ``spectra`` (a lazy reader opens its files for that block
+    only), checked, and handed to a :class:`~.filters.ChunkWriter` that compresses its chunks in
+    threads while the next block is read. Memory: about two blocks (16 chunks of 1 MiB each).
+    """
     shape = tuple(spectra.shape)
     dtype = storage_dtype(spectra.dtype)
-    ds = bulk.create_dataset(name, shape=shape, dtype=dtype, chunks=spectra_chunks(shape), **GZIP)
+    chunks = spectra_chunks(shape)
+    ds = bulk.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, **dataset_options(compression))
     nbins = shape[-1]
     total = np.zeros(nbins, dtype=np.float64)
     peak = np.full(nbins, -np.inf)
@@ -68,24 +88,36 @@ def _write_spectra(bulk: h5py.File, name: str, spectra: Any) -> tuple[np.ndarray
         _check_counts(block, name, "the spectrum")
         ds[...] = block.astype(dtype, copy=False)
         return block.astype(np.float64), block.astype(np.float64)
-    per_row = int(np.prod(shape[1:-1])) * nbins
-    rows = max(1, (16 * CHUNK_VALUES) // max(per_row, 1))
-    for sl in iter_blocks(shape[0], rows):
-        block = np.asarray(spectra[sl])
-        _check_counts(block, name, f"rows {sl.start}..{sl.stop - 1}")
-        ds[sl] = block.astype(dtype, copy=False)
-        flat = block.reshape(-1, nbins).astype(np.float64)
-        total += np.nansum(flat, axis=0)
-        peak = np.fmax(peak, np.nanmax(flat, axis=0))
+    with ChunkWriter(ds, compression) as writer:
+        for sl in iter_blocks(shape[0], block_rows(shape, chunks)):
+            block = np.asarray(spectra[sl])
+            _check_counts(block, name, f"rows {sl.start}..{sl.stop - 1}")
+            writer.write(sl.start, block.astype(dtype, copy=False))
+            flat = block.reshape(-1, nbins)
+            if flat.dtype.kind in "uib":  # no NaN: reduce without a float64 copy of the block
+                total += flat.sum(axis=0, dtype=np.float64)
+                peak = np.fmax(peak, flat.max(axis=0))
+            else:
+                total += np.nansum(flat, axis=0, dtype=np.float64)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN (missing) bin
+                    peak = np.fmax(peak, np.nanmax(flat, axis=0))
     return total, peak
 
 
 def write_raw(path: str | Path, raw: RawMap, *, step: str = "convert", params: dict | None = None,
-              progress: Callable[[float], None] | None = None) -> Path:
+              progress: Callable[[float], None] | None = None, compression: str = "gzip") -> Path:
     """Write a converted scan as a new layout file (replacing any file at ``path`` atomically).
 
-    The spectra go to a bulk file in ``<path>.d/`` linked from ``raw/channelXX/spectra``; the
-    sum and max spectra are computed on the way.
+    The spectra go to a bulk file in ``<path>.d/`` linked from ``raw/channelXX/spectra``, copied
+    block by block (memory bounded by the block size, whatever the map size); the sum and max
+    spectra are computed on the way.
+
+    Parameters
+    ----------
+    compression : str
+        Of the spectra: ``"gzip"`` (level 4, the layout's; default), ``"lz4"``, ``"blosc"`` (need
+        ``hdf5plugin`` to read) or ``"none"``; see :mod:`xrfproc.store.filters`.
 
     Returns
     -------
@@ -93,6 +125,7 @@ def write_raw(path: str | Path, raw: RawMap, *, step: str = "convert", params: d
         ``path``.
     """
     path = Path(path)
+    compression = check_compression(compression)
     raw.validate(str(raw.sources[0]) if raw.sources else str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     everything = ["raw", "cmd", "mot1", "mot2"]
@@ -109,7 +142,7 @@ def write_raw(path: str | Path, raw: RawMap, *, step: str = "convert", params: d
             nchan = len(raw.channels)
             for i, (name, ch) in enumerate(sorted(raw.channels.items())):
                 cg = g.create_group(name)
-                total, peak = _write_spectra(bulk, f"{name}/spectra", ch.spectra)
+                total, peak = _write_spectra(bulk, f"{name}/spectra", ch.spectra, compression)
                 cg["spectra"] = h5py.ExternalLink(rel, f"/{name}/spectra")
                 write_array(cg, "icr", np.asarray(ch.icr, dtype=np.float64))
                 write_array(cg, "ocr", np.asarray(ch.ocr, dtype=np.float64))

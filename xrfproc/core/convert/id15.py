@@ -22,6 +22,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..rawmap import RawChannel, RawMap
+from .lazy import H5Points, LazySpectra, SumPoints
 from .sorting import sort_points
 from .stitch import merge
 
@@ -188,7 +189,8 @@ def read_scan(f: h5py.File, path: Path, scan: str, *, dims: Sequence[int] | None
     npts = None
     acq_time = None
     for c, group in enumerate(groups):
-        total = None
+        total: H5Points | None = None
+        elements: list[H5Points] = []
         icr_sum = ocr_sum = None
         for det in group:
             key = f"{meas_key}/{det}"
@@ -203,18 +205,20 @@ def read_scan(f: h5py.File, path: Path, scan: str, *, dims: Sequence[int] | None
                 npts = ds.shape[0]
             elif ds.shape[0] != npts:
                 raise InputError(f"{ds.shape[0]} points, other detectors have {npts}", path=path, dataset=key)
-            spectra = ds[()]
-            if total is not None and spectra.shape != total.shape:
-                raise InputError(f"shape {spectra.shape} differs from the other summed elements' {total.shape}",
-                                 path=path, dataset=key)
-            total = spectra if total is None else total + spectra
+            spectra = H5Points([(path, key, ds.shape, ds.dtype)])  # stays on disk: read block by block when written
+            if total is not None and (spectra.npts, spectra.nbins) != (total.npts, total.nbins):
+                raise InputError(f"shape {(spectra.npts, spectra.nbins)} differs from the other summed elements' "
+                                 f"{(total.npts, total.nbins)}", path=path, dataset=key)
+            elements.append(spectra)
+            total = spectra
             r_in = _counter(f, scan, f"{det}_{icr}", npts, path)
             r_out = _counter(f, scan, f"{det}_{ocr}", npts, path)
             icr_sum = r_in if icr_sum is None else icr_sum + r_in
             ocr_sum = r_out if ocr_sum is None else ocr_sum + r_out
             if acq_time is None and f"{det}_{time}" in present:
                 acq_time = _counter(f, scan, f"{det}_{time}", npts, path)
-        channels[f"channel{c:02d}"] = RawChannel(total, icr_sum, ocr_sum)
+        summed = elements[0] if len(elements) == 1 else SumPoints(elements, path, f"{meas_key}/{group[0]}")
+        channels[f"channel{c:02d}"] = RawChannel(summed, icr_sum, ocr_sum)
     assert npts is not None
 
     if acq_time is None:
@@ -264,7 +268,8 @@ def read_scan(f: h5py.File, path: Path, scan: str, *, dims: Sequence[int] | None
     def shape(a: np.ndarray) -> np.ndarray:
         return np.asarray(a).reshape(grid + np.shape(a)[1:])
 
-    chans = {k: RawChannel(shape(ch.spectra), shape(ch.icr), shape(ch.ocr)) for k, ch in channels.items()}
+    chans = {k: RawChannel(LazySpectra.grid(ch.spectra, grid), shape(ch.icr), shape(ch.ocr))
+             for k, ch in channels.items()}
     attrs: dict[str, Any] = {"scan": scan}
     if current is not None:
         attrs["ring_current_mA"] = float(np.nanmean(current))

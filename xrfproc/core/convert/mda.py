@@ -144,23 +144,21 @@ def _read_fly_h5(path: Path) -> dict[str, Any]:
         keys = [f"data_{c}" for c in _ELEM if f"data_{c}" in g]
         if not keys:
             raise InputError("no spectra datasets 'data_a', 'data_b', ...", path=path, dataset="MAPS_RAW")
-        spectra = []
+        shape = None
         for k in keys:
             ds = g[k]
             if ds.ndim != 3:
                 raise InputError(f"expected (channels, rows, cols), found shape {ds.shape}", path=path,
                                  dataset=f"MAPS_RAW/{k}")
-            a = np.moveaxis(ds[()], 0, -1).astype(np.int32)
-            if ds.dtype == np.int16 and (a < 0).any():
-                log.warning("%s: %s holds negative int16 counts; read as unsigned 16-bit", path, k)
-                a[a < 0] += 65536
-            spectra.append(a)
-        shape = spectra[0].shape
-        for k, s in zip(keys, spectra):
-            if s.shape != shape:
-                raise InputError(f"shape {s.shape[::-1]} differs from data_a's {shape[::-1]}", path=path,
+            if ds.dtype.kind not in "uif":
+                raise InputError(f"spectra must be numbers, found dtype {ds.dtype}", path=path, dataset=f"MAPS_RAW/{k}")
+            here = ds.shape[1:] + ds.shape[:1]  # (rows, cols, nbins)
+            if shape is not None and here != shape:
+                raise InputError(f"shape {ds.shape} differs from data_a's {shape[-1:] + shape[:2]}", path=path,
                                  dataset=f"MAPS_RAW/{k}")
-        out: dict[str, Any] = {"spectra": np.stack(spectra), "n": len(keys)}
+            shape = here
+        # the spectra are read one element at a time when the channels are built (_fly_element)
+        out: dict[str, Any] = {"path": path, "keys": keys, "shape": shape, "n": len(keys)}
         for name in ("inputcounts", "ouputcounts", "outputcounts", "realtime", "livetime"):
             if name in g:
                 arr = np.asarray(g[name][()], dtype=np.float64)
@@ -169,6 +167,29 @@ def _read_fly_h5(path: Path) -> dict[str, Any]:
                                      path=path, dataset=f"MAPS_RAW/{name}")
                 out["outputcounts" if name == "ouputcounts" else name] = arr[: len(keys)]
     return out
+
+
+def _fly_element(fly: dict[str, Any], j: int, rows: int, cols: int) -> np.ndarray:
+    """Spectra ``(rows, cols, nbins)`` int32 of element ``j`` of a flyXRF file (see :func:`_read_fly_h5`)."""
+    import h5py
+
+    path, key = fly["path"], f"MAPS_RAW/{fly['keys'][j]}"
+    try:
+        with h5py.File(path, "r") as f:
+            ds = f[key]
+            a = np.moveaxis(ds[:, :rows, :cols], 0, -1).astype(np.int32)
+            int16 = ds.dtype == np.int16
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        raise InputError(f"cannot read the spectra ({exc})", path=path, dataset=key) from None
+    if int16 and (a < 0).any():
+        log.warning("%s: %s holds negative int16 counts; read as unsigned 16-bit", path, key)
+        a[a < 0] += 65536
+    return a
+
+
+def _integral(a: np.ndarray) -> bool:
+    """Whole numbers that fit int32 (spectra can then be stored as counts without loss)."""
+    return bool(np.all(np.abs(a) < 2.0**31) and np.all(np.mod(a, 1) == 0))
 
 
 def _bcast(a: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -289,15 +310,21 @@ def read(source: str | Path, *, spectra: str | Path | None = None, elements: str
     # spectra
     chans: dict[str, RawChannel] = {}
     if spectral:
-        sp, sitems = level_arrays(m, 1, "detectors")
+        sitems = list(inner.detectors)
         elems = [(it, _element_number(it.name)) for it in sitems]
         if any(e is not None for _, e in elems):
             elems = [(it, e) for it, e in elems if e is not None]
         if not elems:
             raise InputError("the innermost scan level has no detector to read as spectra", path=path)
-        full = np.stack([_to3(np.nan_to_num(sp[it.number]))[:rows, :cols] for it, _ in elems])
-        integral = np.all(np.abs(full) < 2.0**31) and np.all(np.mod(full, 1) == 0)  # no silent int32 overflow
-        spectra_arr = np.rint(full).astype(np.int32) if integral else full
+
+        def element(j: int) -> np.ndarray:
+            """Spectra of element ``j``, (rows, cols, nbins) float32, NaN (never acquired) -> 0."""
+            arrays, _ = level_arrays(m, 1, "detectors", numbers=[elems[j][0].number])
+            return np.nan_to_num(_to3(arrays[elems[j][0].number])[:rows, :cols], copy=False)
+
+        # one element in memory at a time (besides the file and the output): first, can it be int32?
+        integral = all(_integral(element(j)) for j in range(len(elems)))  # no silent int32 overflow
+        spectra_dtype = np.dtype(np.int32 if integral else np.float32)
         enums = [e for _, e in elems]
         stats: dict[str, list[np.ndarray | None]] = {k: [] for k in ("icr", "ocr", "realtime", "livetime")}
         regex = {"icr": r"dxp{n}[.:]InputCountRate", "ocr": r"dxp{n}[.:]OutputCountRate",
@@ -314,8 +341,7 @@ def read(source: str | Path, *, spectra: str | Path | None = None, elements: str
                 raise InputError("this MDA scan holds no spectra (a fly scan) and no spectra file was found "
                                  f"next to it ({path.stem}_*.h5, ../flyXRF.h5/); give spectra=", path=path)
         fly = _read_fly_h5(Path(spectra))
-        spectra_arr = fly["spectra"]
-        hrows, hcols = spectra_arr.shape[1:3]
+        hrows, hcols = fly["shape"][:2]
         if (hrows, hcols) != (rows, cols):
             msg = (f"the MDA grid is {rows} x {cols} points but the spectra file {spectra} holds {hrows} x {hcols}")
             if strict:
@@ -328,7 +354,11 @@ def read(source: str | Path, *, spectra: str | Path | None = None, elements: str
             log.warning("%s: %s; cropping both to the common %d x %d grid%s", path, msg,
                         min(rows, hrows), min(cols, hcols), tail)
             rows, cols = min(rows, hrows), min(cols, hcols)
-        spectra_arr = spectra_arr[:, :rows, :cols]
+        spectra_dtype = np.dtype(np.int32)
+
+        def element(j: int) -> np.ndarray:
+            return _fly_element(fly, j, rows, cols)
+
         n = fly["n"]
         enums = list(range(1, n + 1))
         stats = {k: [] for k in ("icr", "ocr", "realtime", "livetime")}
@@ -358,7 +388,10 @@ def read(source: str | Path, *, spectra: str | Path | None = None, elements: str
 
     groups = [list(range(len(enums)))] if elements == "sum" else [[j] for j in range(len(enums))]
     for ci, idx in enumerate(groups):
-        spec = spectra_arr[idx].sum(axis=0, dtype=spectra_arr.dtype) if len(idx) > 1 else spectra_arr[idx[0]].copy()
+        spec = None
+        for j in idx:  # summed element by element: never all elements in memory
+            e = element(j)  # whole numbers when spectra_dtype is int32: the cast is exact
+            spec = e.astype(spectra_dtype) if spec is None else np.add(spec, e, out=spec, casting="unsafe")
         icr, ocr = combine("icr", idx), combine("ocr", idx)
         if icr is None or ocr is None:
             log.warning("%s: no ICR/OCR for %s; dead-time factor set to 1", path, f"channel{ci:02d}")

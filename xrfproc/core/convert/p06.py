@@ -31,6 +31,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..rawmap import RawChannel, RawMap
+from .lazy import H5Points, LazySpectra, SumPoints
 from .sorting import sort_points
 from .stitch import merge
 
@@ -225,7 +226,7 @@ def _element_key(entry: str) -> tuple[str, str]:
     return (device or DEFAULT_DEVICE), element
 
 
-def _read_element(scan_dir: Path, entry: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _read_element(scan_dir: Path, entry: str) -> tuple[H5Points, np.ndarray, np.ndarray]:
     device, element = _element_key(entry)
     folder = scan_dir / device
     files = _files(folder) if folder.is_dir() else []
@@ -233,7 +234,9 @@ def _read_element(scan_dir: Path, entry: str) -> tuple[np.ndarray, np.ndarray, n
         present = sorted(p.name for p in scan_dir.iterdir() if p.is_dir())
         raise InputError(f"no .nxs files for detector {device!r}; folders present: {', '.join(present)}",
                          path=folder)
-    spectra, icr, ocr = [], [], []
+    parts: list[tuple[Path, str, tuple[int, ...], Any]] = []
+    icr: list[np.ndarray] = []
+    ocr: list[np.ndarray] = []
     for path in files:
         with h5py.File(path, "r") as f:
             xsp = f.get(_XSP)
@@ -246,12 +249,11 @@ def _read_element(scan_dir: Path, entry: str) -> tuple[np.ndarray, np.ndarray, n
             hist = _find(ch, "histogram")
             if not isinstance(hist, h5py.Dataset):
                 raise InputError("missing dataset", path=path, dataset=f"{ch.name}/histogram")
-            h = hist[()]
-            if h.ndim == 1:
-                h = h[None]
-            if h.ndim != 2:
-                raise InputError(f"histogram must be (points, bins), found shape {h.shape}", path=path,
+            hshape = tuple(hist.shape or ())
+            if len(hshape) not in (1, 2):
+                raise InputError(f"histogram must be (points, bins), found shape {hshape}", path=path,
                                  dataset=hist.name)
+            hpts = 1 if len(hshape) == 1 else hshape[0]
             sc = _find(ch, "scaler")
             if not isinstance(sc, h5py.Group):
                 raise InputError("missing group", path=path, dataset=f"{ch.name}/scaler")
@@ -266,11 +268,12 @@ def _read_element(scan_dir: Path, entry: str) -> tuple[np.ndarray, np.ndarray, n
                 i = np.asarray(total[()], float).reshape(-1)
                 o = i - np.asarray(dead[()], float).reshape(-1)
             for name, arr in (("ICR", i), ("OCR", o)):
-                if arr.size != h.shape[0]:
-                    raise InputError(f"{name} has {arr.size} values, the histogram {h.shape[0]} points",
+                if arr.size != hpts:
+                    raise InputError(f"{name} has {arr.size} values, the histogram {hpts} points",
                                      path=path, dataset=sc.name)
-            spectra.append(h), icr.append(i), ocr.append(o)
-    return np.concatenate(spectra), np.concatenate(icr), np.concatenate(ocr)
+            parts.append((path, hist.name, hshape, hist.dtype)), icr.append(i), ocr.append(o)
+    # the histograms stay on disk (read block by block when written)
+    return H5Points(parts), np.concatenate(icr), np.concatenate(ocr)
 
 
 def _context(scan_dir: Path) -> dict[str, Any]:
@@ -338,18 +341,20 @@ def read_scan(scan_dir: str | Path, *, dims: Sequence[int] | None = None, mot1: 
     channels: dict[str, RawChannel] = {}
     npts = None
     for c, group in enumerate(groups):
-        total = icr = ocr = None
+        elements: list[H5Points] = []
+        icr = ocr = None
         for entry in group:
             sp, i, o = _read_element(scan_dir, entry)
             if npts is None:
-                npts = sp.shape[0]
-            if sp.shape[0] != npts or (total is not None and sp.shape != total.shape):
-                raise InputError(f"detector element {entry!r} has spectra {sp.shape}, expected {npts} points "
-                                 f"like the first element", path=scan_dir / _element_key(entry)[0])
-            total = sp if total is None else total + sp
+                npts = sp.npts
+            if sp.npts != npts or (elements and sp.nbins != elements[0].nbins):
+                raise InputError(f"detector element {entry!r} has spectra {(sp.npts, sp.nbins)}, expected {npts} "
+                                 f"points like the first element", path=scan_dir / _element_key(entry)[0])
+            elements.append(sp)
             icr = i if icr is None else icr + i
             ocr = o if ocr is None else ocr + o
-        channels[f"channel{c:02d}"] = RawChannel(total, icr, ocr)
+        channels[f"channel{c:02d}"] = RawChannel(elements[0] if len(elements) == 1 else SumPoints(elements),
+                                                 icr, ocr)
     assert npts is not None
     if npts == 0:
         raise InputError("empty scan: the detector recorded no point", path=scan_dir / DEFAULT_DEVICE)
@@ -417,7 +422,8 @@ def read_scan(scan_dir: str | Path, *, dims: Sequence[int] | None = None, mot1: 
             a = np.concatenate([a, np.full((missing,) + a.shape[1:], np.nan, dtype=a.dtype)])
         return a.reshape(tuple(grid) + a.shape[1:])  # type: ignore[arg-type]
 
-    chans = {k: RawChannel(shape(ch.spectra), shape(ch.icr), shape(ch.ocr)) for k, ch in channels.items()}
+    chans = {k: RawChannel(LazySpectra.grid(ch.spectra, tuple(grid), missing),  # type: ignore[arg-type]
+                           shape(ch.icr), shape(ch.ocr)) for k, ch in channels.items()}
     energy = ctx.get("energy")
     return RawMap(channels=chans, I0=shape(I0), acquisition_time=shape(t), mot1=shape(m1), mot2=shape(m2),
                   I1=None if I1 is None else shape(I1), cmd=cmd, mot1_name=mot1_name, mot2_name=mot2_name,

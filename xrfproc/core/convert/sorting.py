@@ -14,6 +14,7 @@ import logging
 import numpy as np
 
 from ..rawmap import RawChannel, RawMap
+from .lazy import LazySpectra
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +102,18 @@ def apply_order(values: np.ndarray, order: np.ndarray) -> np.ndarray:
 def sort_points(raw: RawMap) -> RawMap:
     """Return a copy of ``raw`` with its points sorted by motor position (see :func:`sort_order`).
 
-    The spectra are read into memory when they need reordering; a map already in order is
-    returned with its arrays untouched (a lazy h5py dataset stays lazy).
+    Lazy spectra (:class:`~.lazy.LazySpectra`) stay on disk: only their point index is
+    reordered. Other spectra are read into memory when they need reordering; a map already in
+    order is returned with its arrays untouched (an h5py dataset stays lazy).
     """
+
     order = sort_order(raw.mot1, raw.mot2)
     if np.array_equal(order.ravel(), np.arange(order.size)):
         return raw
     log.info("sorting %d points by motor position", order.size)
     channels = {
-        name: RawChannel(apply_order(ch.spectra[()] if hasattr(ch.spectra, "id") else ch.spectra, order),
+        name: RawChannel(ch.spectra.reorder(order) if isinstance(ch.spectra, LazySpectra)
+                         else apply_order(ch.spectra[()] if hasattr(ch.spectra, "id") else ch.spectra, order),
                          apply_order(ch.icr, order), apply_order(ch.ocr, order), ch.calibration)
         for name, ch in raw.channels.items()
     }

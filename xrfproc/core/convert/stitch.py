@@ -9,12 +9,13 @@ positions. 1-D scans (lines of points) are concatenated. Anything else is an
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ...errors import InputError
 from ..rawmap import RawChannel, RawMap
+from .lazy import LazySpectra
 from .sorting import _quiet, fast_motor
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,13 @@ def _concat(values: Sequence[np.ndarray], axis: int) -> np.ndarray:
     return np.concatenate([np.asarray(v[()] if hasattr(v, "id") else v) for v in values], axis=axis)
 
 
+def _concat_spectra(values: Sequence[Any], axis: int) -> Any:
+    """Spectra joined along ``axis``: lazily (nothing read) when any part is a :class:`LazySpectra`."""
+    if any(isinstance(v, LazySpectra) for v in values):
+        return LazySpectra.concat(values, axis)
+    return _concat(values, axis)
+
+
 def merge(maps: Sequence[RawMap], atol: float = 1e-4) -> RawMap:
     """Stitch several scans into one map.
 
@@ -101,7 +109,8 @@ def merge(maps: Sequence[RawMap], atol: float = 1e-4) -> RawMap:
     -------
     RawMap
         One map whose spectra and per-point arrays are the concatenation of the scans' along the
-        stitching axis (spectra are read into memory). ``cmd`` joins the commands with ``"; "``,
+        stitching axis (spectra of lazy readers stay on disk, see :mod:`.lazy`; others are joined
+        in memory). ``cmd`` joins the commands with ``"; "``,
         ``sources`` lists every source and ``attrs["stitched_axis"]`` records the axis.
 
     Raises
@@ -146,7 +155,7 @@ def merge(maps: Sequence[RawMap], atol: float = 1e-4) -> RawMap:
         log.warning("stitched scans have different energies %s keV; keeping %s", sorted(energies), first.energy_keV)
     channels = {
         name: RawChannel(
-            _concat([m.channels[name].spectra for m in maps], axis),
+            _concat_spectra([m.channels[name].spectra for m in maps], axis),
             _concat([m.channels[name].icr for m in maps], axis),
             _concat([m.channels[name].ocr for m in maps], axis),
             first.channels[name].calibration)
