@@ -79,8 +79,19 @@ class SumFit:
 
 
 # --------------------------------------------------------------------------- input checks
-def check_spectra(block: np.ndarray, where: str = "spectra") -> tuple[np.ndarray, np.ndarray]:
+def check_spectra(block: np.ndarray, where: str = "spectra", *, native: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Return the block as float64 with NaN spectra zeroed, and the mask of those spectra.
+
+    Parameters
+    ----------
+    block : ndarray, shape (nspectra, nbins)
+        Counts.
+    where : str
+        Dataset named in error messages.
+    native : bool
+        Keep integer, float32 and float64 blocks in their own dtype (no copy when nothing has to
+        be zeroed): the fit engine reads them directly, and converting a block of 2048-channel
+        int32 spectra to float64 costs as much as fitting it.
 
     Raises
     ------
@@ -91,11 +102,17 @@ def check_spectra(block: np.ndarray, where: str = "spectra") -> tuple[np.ndarray
     arr = np.asarray(block)
     if arr.ndim != 2:
         raise InputError(f"expected spectra of shape (nspectra, nbins), got {arr.shape}", dataset=where)
-    arr = arr.astype(np.float64, copy=True)
-    bad = ~np.isfinite(arr).all(axis=1)
-    if bad.any():
-        arr[bad] = 0.0
-    if arr.size and arr.min() < 0:
+    keep = native and (arr.dtype.kind in "ui" or arr.dtype in (np.float32, np.float64))
+    if not keep:
+        arr = arr.astype(np.float64, copy=True)
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr).all(axis=1)
+        if bad.any():
+            arr = arr.copy() if keep else arr
+            arr[bad] = 0.0
+    else:
+        bad = np.zeros(arr.shape[0], dtype=bool)
+    if arr.size and arr.dtype.kind != "u" and arr.min() < 0:
         rows = np.nonzero((arr < 0).any(axis=1))[0]
         raise InputError(f"negative counts in {rows.size} spectra (first at flat index {rows[0]}); raw spectra "
                          "must be counts >= 0", dataset=where)

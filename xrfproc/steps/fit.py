@@ -62,7 +62,7 @@ def _engine_block(spectra: np.ndarray, config: Mapping[str, Any], ysum: np.ndarr
                          "use mode='fast' or mode='precise'")
     from ..core.pymca_bridge import rename_group
 
-    data, bad = core_fit.check_spectra(spectra)
+    data, bad = core_fit.check_spectra(spectra, native=True)
     if "model" not in state:
         state["model"] = fit_model.build_model(config, ysum, data.shape[1], nspectra=nspectra, weight=weight)
     out = fit_engine.fit_block(state["model"], data, **options)
@@ -148,12 +148,13 @@ def fit_rows(path: str, channel: str, rows: tuple[int, int], mode: str, cfg_text
     Returns ``names`` (str array), ``areas``/``sigma`` ``(nlines, n)``, ``chi2``/``failed`` ``(n,)`` and
     ``invalid`` (spectra with non-finite counts), all without dead-time correction.
     """
+    where = f"raw/{channel}/spectra"
     with store.open_read(path) as f:
-        ds = store.require(f, f"raw/{channel}/spectra")
-        block = ds[()][None] if ds.ndim == 1 else ds[rows[0]:rows[1]]
+        ds = store.require(f, where)
+        block = (store.read_dataset(ds, path, where)[None] if ds.ndim == 1
+                 else store.read_dataset(ds, path, where, slice(rows[0], rows[1])))
     nbins = block.shape[-1]
     flat = np.asarray(block).reshape(-1, nbins)
-    where = f"raw/{channel}/spectra"
     invalid = int((~np.isfinite(flat).all(axis=1)).sum()) if flat.dtype.kind == "f" else 0
     state = _worker_state(cfg_text, mode, nbins, sumspec, npix, weight, group_names)
     if mode == "fast":

@@ -166,4 +166,86 @@ class ChunkWriter:
         self.close()
 
 
-__all__ = ["GZIP", "COMPRESSIONS", "ChunkWriter", "check_compression", "dataset_options", "register_plugins"]
+# --------------------------------------------------------------------------- parallel reading
+#: HDF5 filter ids the threaded reader decodes itself (deflate, shuffle)
+_DEFLATE, _SHUFFLE = 1, 2
+_read_pool: ThreadPoolExecutor | None = None
+
+
+def _inflate(payload: bytes, mask: int, shape: tuple[int, ...], dtype: np.dtype, shuffle: bool) -> np.ndarray:
+    """One stored chunk back to values (the inverse of :func:`_deflate`)."""
+    try:
+        data = zlib.decompress(payload) if not mask & 1 else payload  # bit 0 set: deflate was skipped
+    except zlib.error as exc:
+        raise ValueError(f"corrupt gzip chunk ({exc})") from None
+    if len(data) != int(np.prod(shape)) * dtype.itemsize:
+        raise ValueError(f"a chunk holds {len(data)} bytes, expected {int(np.prod(shape)) * dtype.itemsize}")
+    size = dtype.itemsize
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if shuffle and size > 1 and not mask & 2:  # byte planes back into values (a strided copy per plane)
+        planes = buf.reshape(size, -1)
+        values = np.empty((planes.shape[1], size), dtype=np.uint8)
+        for j in range(size):
+            values[:, j] = planes[j]
+        buf = values.reshape(-1)
+    return buf.view(dtype).reshape(shape)
+
+
+def _deflate_only(ds: Any) -> bool | None:
+    """For a dataset whose filters are (shuffle and) deflate only: whether it is shuffled; else None."""
+    try:
+        plist = ds.id.get_create_plist()
+        ids = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+    except Exception:  # not chunked, virtual, or an h5py without these calls
+        return None
+    if ids == [_DEFLATE]:
+        return False
+    if ids == [_SHUFFLE, _DEFLATE]:
+        return True
+    return None
+
+
+def read_rows(ds: Any, start: int, stop: int, threads: int = THREADS) -> np.ndarray:
+    """``ds[start:stop]``, with gzip chunks inflated by a pool of threads.
+
+    HDF5 inflates chunks one at a time under h5py's global lock; here the compressed chunks are
+    read as they are stored (``read_direct_chunk``, no decompression) and inflated in parallel
+    (``zlib`` releases the GIL), which makes reading gzip spectra about ``threads`` times faster.
+    Datasets with other filters (LZ4, Blosc, none), chunks that were never written and a single
+    thread fall back to h5py's own reading. Same values as ``ds[start:stop]``.
+    """
+    global _read_pool
+    shuffle = _deflate_only(ds) if threads > 1 and ds.chunks is not None and ds.ndim >= 2 else None
+    if shuffle is None:
+        return ds[start:stop]
+    shape = (stop - start,) + tuple(ds.shape[1:])
+    out = np.empty(shape, dtype=ds.dtype)
+    chunks = tuple(ds.chunks)
+    first = start - start % chunks[0]
+    corners = [range(first, stop, chunks[0])] + [range(0, n, c) for n, c in zip(ds.shape[1:], chunks[1:])]
+    if _read_pool is None:
+        _read_pool = ThreadPoolExecutor(max(2, THREADS), thread_name_prefix="inflate")
+    jobs = []
+    try:
+        for corner in np.ndindex(*[len(c) for c in corners]):
+            offset = tuple(c[i] for c, i in zip(corners, corner))
+            mask, payload = ds.id.read_direct_chunk(offset)
+            jobs.append((offset, _read_pool.submit(_inflate, payload, mask, chunks, ds.dtype, shuffle)))
+    except (KeyError, OSError, RuntimeError, ValueError):  # a chunk never written (fill value): h5py knows
+        for _, job in jobs:
+            job.cancel()
+        return ds[start:stop]
+    for offset, job in jobs:
+        piece = job.result()
+        src, dst = [], []
+        for axis, (lo, c, n) in enumerate(zip(offset, chunks, ds.shape)):
+            a = max(lo, start) if axis == 0 else lo
+            b = min(lo + c, stop if axis == 0 else n)
+            src.append(slice(a - lo, b - lo))
+            dst.append(slice(a - start, b - start) if axis == 0 else slice(a, b))
+        out[tuple(dst)] = piece[tuple(src)]
+    return out
+
+
+__all__ = ["GZIP", "COMPRESSIONS", "ChunkWriter", "check_compression", "dataset_options", "read_rows",
+           "register_plugins"]
