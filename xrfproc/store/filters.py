@@ -175,7 +175,8 @@ _read_pool: ThreadPoolExecutor | None = None
 def _inflate(payload: bytes, mask: int, shape: tuple[int, ...], dtype: np.dtype, shuffle: bool) -> np.ndarray:
     """One stored chunk back to values (the inverse of :func:`_deflate`)."""
     try:
-        data = zlib.decompress(payload) if not mask & 1 else payload  # bit 0 set: deflate was skipped
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        data = zlib.decompress(payload, bufsize=nbytes) if not mask & 1 else payload  # bit 0: deflate skipped
     except zlib.error as exc:
         raise ValueError(f"corrupt gzip chunk ({exc})") from None
     if len(data) != int(np.prod(shape)) * dtype.itemsize:
@@ -230,21 +231,31 @@ def read_rows(ds: Any, start: int, stop: int, threads: int = THREADS) -> np.ndar
         for corner in np.ndindex(*[len(c) for c in corners]):
             offset = tuple(c[i] for c, i in zip(corners, corner))
             mask, payload = ds.id.read_direct_chunk(offset)
-            jobs.append((offset, _read_pool.submit(_inflate, payload, mask, chunks, ds.dtype, shuffle)))
+            jobs.append(_read_pool.submit(_inflate_into, out, start, stop, offset, payload, mask, chunks, ds.dtype,
+                                          shuffle))
     except (KeyError, OSError, RuntimeError, ValueError):  # a chunk never written (fill value): h5py knows
-        for _, job in jobs:
+        for job in jobs:
             job.cancel()
+        for job in jobs:
+            if not job.cancelled():
+                job.exception()  # wait: no thread may still write into ``out``
         return ds[start:stop]
-    for offset, job in jobs:
-        piece = job.result()
-        src, dst = [], []
-        for axis, (lo, c, n) in enumerate(zip(offset, chunks, ds.shape)):
-            a = max(lo, start) if axis == 0 else lo
-            b = min(lo + c, stop if axis == 0 else n)
-            src.append(slice(a - lo, b - lo))
-            dst.append(slice(a - start, b - start) if axis == 0 else slice(a, b))
-        out[tuple(dst)] = piece[tuple(src)]
+    for job in jobs:
+        job.result()
     return out
+
+
+def _inflate_into(out: np.ndarray, start: int, stop: int, offset: tuple[int, ...], payload: bytes, mask: int,
+                  chunks: tuple[int, ...], dtype: np.dtype, shuffle: bool) -> None:
+    """Inflate one chunk and copy its part inside rows ``[start, stop)`` into ``out`` (a thread's job)."""
+    piece = _inflate(payload, mask, chunks, dtype, shuffle)
+    src, dst = [], []
+    for axis, (lo, c, n) in enumerate(zip(offset, chunks, out.shape)):
+        a = max(lo, start) if axis == 0 else lo
+        b = min(lo + c, stop) if axis == 0 else min(lo + c, n)
+        src.append(slice(a - lo, b - lo))
+        dst.append(slice(a - start, b - start) if axis == 0 else slice(a, b))
+    out[tuple(dst)] = piece[tuple(src)]
 
 
 __all__ = ["GZIP", "COMPRESSIONS", "ChunkWriter", "check_compression", "dataset_options", "read_rows",
