@@ -45,3 +45,23 @@ def test_corrupt_chunk_is_an_input_error_naming_the_dataset(tmp_path):
         with pytest.raises(InputError, match="s.*corrupt|corrupt.*s"):
             store.read_dataset(f["s"], path, "s", slice(0, 4))
         np.testing.assert_array_equal(store.read_dataset(f["s"], path, "s", slice(0, 2)), 1)
+
+
+def test_reader_works_in_a_forked_child(tmp_path):
+    """The thread pool is made again after fork (a child inheriting it would wait forever)."""
+    import multiprocessing
+
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f.create_dataset("s", data=np.arange(4 * 8 * 32, dtype=np.int32).reshape(4, 8, 32), chunks=(1, 8, 32),
+                         compression="gzip")
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        expected = read_rows(f["s"], 0, 4, threads=2)  # the parent's pool exists now
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_read_in_child, (str(tmp_path / "a.h5"),)).get(timeout=60)
+    np.testing.assert_array_equal(got, expected)
+
+
+def _read_in_child(path):
+    with h5py.File(path, "r") as f:
+        return read_rows(f["s"], 0, 4, threads=2)

@@ -172,6 +172,16 @@ _DEFLATE, _SHUFFLE = 1, 2
 _read_pool: ThreadPoolExecutor | None = None
 
 
+def _forget_read_pool() -> None:
+    """In a forked child the pool's threads do not exist: a new pool is made on first use."""
+    global _read_pool
+    _read_pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_read_pool)
+
+
 def _inflate(payload: bytes, mask: int, shape: tuple[int, ...], dtype: np.dtype, shuffle: bool) -> np.ndarray:
     """One stored chunk back to values (the inverse of :func:`_deflate`)."""
     try:
