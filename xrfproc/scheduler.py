@@ -25,6 +25,7 @@ import concurrent.futures as cf
 import logging
 import multiprocessing
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -166,10 +167,30 @@ class Runner:
         self.close()
 
 
-def _mp_context() -> multiprocessing.context.BaseContext:
-    """``fork`` where available (workers inherit the loaded modules; no ``__main__`` guard needed)."""
+def _openmp_running() -> bool:
+    """Whether numba's parallel kernels already run on GNU OpenMP in this process (which a forked
+    child cannot use: it is terminated with "fork() called from a process already using GNU OpenMP")."""
+    numba = sys.modules.get("numba")
+    if numba is None:
+        return False
+    try:
+        return numba.threading_layer() == "omp"
+    except ValueError:  # no parallel kernel has run yet
+        return False
+
+
+def start_method() -> str:
+    """How local worker processes start: ``fork`` where available (workers inherit the loaded
+    modules; no ``if __name__ == "__main__"`` guard needed in user scripts), unless this process
+    already runs OpenMP threads (an engine fit ran here): then ``forkserver`` (or ``spawn``)."""
     methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    if "fork" in methods and not _openmp_running():
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    return multiprocessing.get_context(start_method())
 
 
 def get_runner(scheduler: Any = None, n_workers: int | None = None, default: str = "sync",

@@ -225,14 +225,6 @@ def _precise_chunk(config_text: str, spectra: np.ndarray) -> tuple[list[str], np
     return names, areas, sigma, chi2, failed, messages
 
 
-def _mp_context() -> str:
-    """``fork`` where available: workers inherit the loaded modules (no re-import of the caller's
-    ``__main__``, which would need an ``if __name__ == "__main__"`` guard in every user script)."""
-    import multiprocessing
-
-    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-
-
 def precise_fit_block(spectra: np.ndarray, config_text: str, *, n_workers: int | None = None,
                       scheduler: str = "processes", chunk_size: int | None = None,
                       progress: Callable[[int, int], None] | None = None, where: str = "spectra") -> BlockResult:
@@ -277,13 +269,15 @@ def precise_fit_block(spectra: np.ndarray, config_text: str, *, n_workers: int |
         import dask
         from dask import delayed
 
+        from ..scheduler import start_method
+
         tasks = [delayed(_precise_chunk)(config_text, data[s:e]) for s, e in bounds]
         # compute in waves so that progress can be reported
         wave = max(1, workers * 2)
         done = 0
         for start in range(0, len(tasks), wave):
             part = tasks[start:start + wave]
-            with dask.config.set({"multiprocessing.context": _mp_context()}):
+            with dask.config.set({"multiprocessing.context": start_method()}):
                 outputs.extend(dask.compute(*part, scheduler=scheduler, num_workers=workers))
             done = bounds[min(start + wave, len(bounds)) - 1][1]
             if progress is not None:

@@ -141,10 +141,12 @@ def _worker_state(cfg_text: str, mode: str, nbins: int, sumspec: np.ndarray, npi
 
 def fit_rows(path: str, channel: str, rows: tuple[int, int], mode: str, cfg_text: str, sumspec: np.ndarray,
              group_names: Sequence[str], npix: int, weight: int | None = None, refit: bool = True,
-             chi2: bool = True, options: Mapping[str, Any] | None = None, delay: float = 0.0) -> dict[str, Any]:
+             chi2: bool = True, options: Mapping[str, Any] | None = None, delay: float = 0.0,
+             io_threads: int = 0) -> dict[str, Any]:
     """Fit the rows ``rows`` of ``raw/<channel>/spectra``: the task every scheduler runs.
 
-    Reads its block from the file itself (workers only need the path on a shared file system).
+    Reads its block from the file itself (workers only need the path on a shared file system),
+    inflating gzip chunks on ``io_threads`` threads (0: one per core).
     Returns ``names`` (str array), ``areas``/``sigma`` ``(nlines, n)``, ``chi2``/``failed`` ``(n,)`` and
     ``invalid`` (spectra with non-finite counts), all without dead-time correction.
     """
@@ -152,7 +154,7 @@ def fit_rows(path: str, channel: str, rows: tuple[int, int], mode: str, cfg_text
     with store.open_read(path) as f:
         ds = store.require(f, where)
         block = (store.read_dataset(ds, path, where)[None] if ds.ndim == 1
-                 else store.read_dataset(ds, path, where, slice(rows[0], rows[1])))
+                 else store.read_dataset(ds, path, where, slice(rows[0], rows[1]), threads=io_threads))
     nbins = block.shape[-1]
     flat = np.asarray(block).reshape(-1, nbins)
     invalid = int((~np.isfinite(flat).all(axis=1)).sum()) if flat.dtype.kind == "f" else 0
@@ -329,9 +331,11 @@ def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast"
         c, b = item
         p = plans[c]
         return (str(path.resolve()), c, p.blocks[b], mode, cfgs[c].text, p.sumspec, p.sumfit.names, p.npix, weight,
-                refit, chi2, options if mode == "engine" else {}, block_delay)
+                refit, chi2, options if mode == "engine" else {}, block_delay, io_threads)
 
     runner = get_runner(scheduler, n_workers, default="processes" if mode == "precise" else "sync")
+    # blocks in this process inflate their gzip chunks on every core; parallel workers one each
+    io_threads = 0 if runner.kind == "sync" else 1
     try:
         with runner:
             for i, res in runner.map_unordered(fit_rows, (args(t) for t in todo)):

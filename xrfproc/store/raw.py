@@ -12,7 +12,7 @@ import numpy as np
 from ..core.limits import check_size
 from ..core.rawmap import RawChannel, RawMap
 from ..errors import InputError, LayoutError
-from .filters import ChunkWriter, check_compression, dataset_options, read_rows
+from .filters import THREADS, ChunkWriter, check_compression, dataset_options, read_rows
 from .h5store import channels, decode_names, open_read, require, transaction, write_array
 
 log = logging.getLogger(__name__)
@@ -171,8 +171,11 @@ def write_raw(path: str | Path, raw: RawMap, *, step: str = "convert", params: d
     return path
 
 
-def read_dataset(ds: Any, path: str | Path, key: str, sl: Any = ()) -> np.ndarray:
+def read_dataset(ds: Any, path: str | Path, key: str, sl: Any = (), threads: int = 0) -> np.ndarray:
     """``ds[sl]`` of a numeric dataset, or an InputError naming the file and dataset.
+
+    A slice of rows of a gzip dataset is inflated on ``threads`` threads (0: one per core; see
+    :func:`xrfproc.store.filters.read_rows`).
 
     Refuses non-numeric data (strings where numbers are expected), declared sizes too large to be
     real (before allocating: :func:`xrfproc.core.limits.check_size`) and unreadable (truncated,
@@ -185,7 +188,7 @@ def read_dataset(ds: Any, path: str | Path, key: str, sl: Any = ()) -> np.ndarra
     try:
         if isinstance(sl, slice) and sl.step in (None, 1) and getattr(ds, "ndim", 0) >= 2:
             start, stop, _ = sl.indices(ds.shape[0])
-            return read_rows(ds, start, max(start, stop))  # gzip chunks inflated in parallel
+            return read_rows(ds, start, max(start, stop), threads or THREADS)  # chunks inflated in parallel
         return ds[sl]
     except (OSError, RuntimeError, ValueError) as exc:
         raise InputError(f"cannot read the data (truncated or corrupt file: {exc})", path=path, dataset=key) from None
