@@ -56,6 +56,10 @@ def test_cache_hit_equals_fresh_build_and_sees_config_changes(steel, tmp_path, m
     from_disk = build_model(cfg, y)  # disk
     assert len(calls) == 1
     _same(fresh, from_disk)
+    # the pile-up settings refine fits (Steel.cfg fits pile-up) travel with every model
+    assert from_disk.extra["pileup"] == fresh.extra["pileup"] == {
+        "value": float(cfg["detector"]["sum"]), "fixed": bool(cfg["detector"]["fixedsum"]),
+        "delta": abs(float(cfg["detector"]["deltasum"]))}
     # another calibration is another model
     cfg2 = copy.deepcopy(cfg)
     cfg2["detector"]["gain"] *= 1.001

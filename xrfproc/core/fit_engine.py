@@ -17,7 +17,9 @@ stay in the core's cache from reading to chi-square):
    final passive set;
 4. reduced chi-square per pixel with Poisson variances ``max(y, 1)`` of the raw counts.
 
-With ``refine=True`` the nonlinear parameters vary per pixel (:mod:`xrfproc.core.fit_refine`).
+With ``refine=True`` the nonlinear parameters vary per pixel (:mod:`xrfproc.core.fit_refine`),
+and so does PyMca's pile-up coefficient when the configuration fits pile-up (``sumflag``): this
+:func:`build_model` keeps the configuration's pile-up settings in ``model.extra["pileup"]`` for that.
 
 Axis orders: spectra ``(npix, nbins)``; areas/stddev ``(npix, ncols)`` in ``model.names`` order.
 Units: areas in counts (the integral of the group over all its lines, escape peaks included, as
@@ -60,6 +62,9 @@ class EngineResult:
         SNIP background over the window (counts), when requested.
     theta : ndarray, shape (npix, 4) or None
         Per-pixel (zero, gain, noise, fano) when refined.
+    pileup : ndarray, shape (npix,) or None
+        Per-pixel pile-up coefficient (PyMca's ``Sum``) when refined; 0 when the configuration
+        has no pile-up.
     failed : ndarray of bool, shape (npix,)
         Pixels whose fit failed (areas NaN).
     """
@@ -71,6 +76,7 @@ class EngineResult:
     background: np.ndarray | None = None
     theta: np.ndarray | None = None
     failed: np.ndarray | None = None
+    pileup: np.ndarray | None = None
 
 
 def _check_block(model: EngineModel, spectra: np.ndarray) -> np.ndarray:
@@ -100,7 +106,8 @@ def fit_block(model: EngineModel, spectra: np.ndarray, *, refine: bool = False, 
         Counts (any real dtype; float32/float64 used as they are, others converted). Not modified.
         Must be finite and >= 0 inside the fit window.
     refine : bool
-        Let zero, gain, noise and Fano vary per pixel (batched Levenberg-Marquardt, analytic
+        Let zero, gain, noise and Fano (and the pile-up coefficient, when the model has pile-up
+        settings: see :func:`build_model`) vary per pixel (batched Levenberg-Marquardt, analytic
         derivatives; :func:`xrfproc.core.fit_refine.refine_block`). Areas then come from the
         refined model with Poisson weights ``1/max(y,1)``, and the SNIP input is smoothed as
         PyMca's full fit does it (Savitzky-Golay then [1/4, 1/2, 1/4]).
@@ -152,13 +159,13 @@ def fit_block(model: EngineModel, spectra: np.ndarray, *, refine: bool = False, 
     if failed.any():
         log.warning("engine: %d of %d pixels could not be fitted (singular normal equations)", int(failed.sum()), npix)
     stddev = np.sqrt(V)
-    theta = None
+    theta = pile = None
     if refine:
         from xrfproc.core.fit_refine import refine_block
-        X, stddev, theta, chi2, failed2 = refine_block(model, spectra, bkg, X, max_iter=max_iter)
+        X, stddev, theta, chi2, failed2, pile = refine_block(model, spectra, bkg, X, max_iter=max_iter)
         failed = failed | failed2
     return EngineResult(names=list(model.names), areas=X, stddev=stddev, chi2_red=chi2,
-                        background=bkg if with_background else None, theta=theta, failed=failed)
+                        background=bkg if with_background else None, theta=theta, failed=failed, pileup=pile)
 
 
 def _sparse(model: EngineModel) -> SparseModel:
@@ -200,6 +207,7 @@ def fit_map(model: EngineModel, spectra: np.ndarray, *, block: int = 4096, refin
     chi2 = np.empty(npix)
     failed = np.zeros(npix, dtype=bool)
     theta = np.empty((npix, 4)) if refine else None
+    pile = np.empty(npix) if refine else None
     for s in range(0, npix, block):
         r = fit_block(model, flat[s:s + block], refine=refine, max_iter=max_iter)
         areas[s:s + block] = r.areas
@@ -208,6 +216,8 @@ def fit_map(model: EngineModel, spectra: np.ndarray, *, block: int = 4096, refin
         failed[s:s + block] = r.failed
         if refine:
             theta[s:s + block] = r.theta
+            pile[s:s + block] = r.pileup
     return EngineResult(names=list(model.names), areas=areas.reshape(lead + (-1,)),
                         stddev=stddev.reshape(lead + (-1,)), chi2_red=chi2.reshape(lead),
-                        theta=None if theta is None else theta.reshape(lead + (4,)), failed=failed.reshape(lead))
+                        theta=None if theta is None else theta.reshape(lead + (4,)), failed=failed.reshape(lead),
+                        pileup=None if pile is None else pile.reshape(lead))

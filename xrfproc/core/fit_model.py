@@ -144,6 +144,7 @@ def build_model(config: Mapping[str, Any], sum_spectrum: np.ndarray, nbins: int 
         peak in the fit window.
     """
     from xrfproc.core import pymca_bridge  # the only module that imports PyMca
+    from xrfproc.core.fit_refine import pileup_settings  # refine fits PyMca's pile-up when configured
 
     ysum = np.asarray(sum_spectrum, dtype=np.float64).ravel()
     if nbins is not None and ysum.size != nbins:
@@ -190,7 +191,7 @@ def build_model(config: Mapping[str, Any], sum_spectrum: np.ndarray, nbins: int 
         hypermet=int(d["hypermet"]), tails=np.asarray(d["tails"], dtype=np.float64),
         line_group=np.asarray(grp, dtype=np.int64), line_rate=np.asarray(rate, dtype=np.float64),
         line_energy=np.asarray(ene, dtype=np.float64), line_escape=np.asarray(esc, dtype=np.bool_),
-        extra={"pymca_names": list(d["names"])},
+        extra={"pymca_names": list(d["names"]), "pileup": pileup_settings(config)},
     )
 
 
