@@ -1,7 +1,8 @@
 """The ``xrfproc`` command: one-off steps and utilities.
 
     xrfproc inspect FILE.h5
-    xrfproc convert SOURCE [SOURCE ...] [-o OUT] [--kind KIND] [--option key=value ...]
+    xrfproc convert SOURCE [SOURCE ...] [-o OUT] [--kind KIND] [--compression gzip|lz4|blosc|none]
+                    [--option key=value ...]
     xrfproc simulate OUT.h5 [--rows R --cols C ...]
     xrfproc suggest FILE.h5 --energy 18 / xrfproc config FILE.h5 Fe Cu Zn --energy 18
     xrfproc fit FILE.h5 CFG [--mode fast|precise|engine]
@@ -58,7 +59,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     sources = args.source if len(args.source) > 1 else args.source[0]
-    out = api.convert(sources, out=args.output, kind=args.kind, **_options(args.option))
+    out = api.convert(sources, out=args.output, kind=args.kind, compression=args.compression,
+                      **_options(args.option))
     print(out)
     return 0
 
@@ -91,7 +93,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_normalise(args: argparse.Namespace) -> int:
     _print_summary(api.normalise(args.file, I0norm=args.I0norm, snake=args.snake, sort=args.sort, tmnorm=args.tmnorm,
                                  timetriggered=args.timetriggered, halfpixshift=not args.no_halfpixshift,
-                                 method=args.method, **_options(args.option)))
+                                 method=args.method, resume=args.resume, **_options(args.option)))
     return 0
 
 
@@ -153,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", nargs="+", help="file(s) or scan folder(s); several are merged")
     p.add_argument("-o", "--output", help="file to write (default <source>_merge.h5)")
     p.add_argument("--kind", default="auto", help="format (default: detect)")
+    p.add_argument("--compression", default="gzip", choices=["gzip", "lz4", "blosc", "none"],
+                   help="of the raw spectra: gzip (level 4, readable everywhere; default), lz4 or blosc "
+                        "(faster; reading needs the hdf5plugin filters), none")
     p.add_argument("--option", "-O", action="append", default=[], metavar="KEY=VALUE",
                    help="reader option, e.g. scan=1.1 or dims=[10,10] (repeatable)")
     p.set_defaults(func=cmd_convert)
@@ -196,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timetriggered", action="store_const", const=True, default=None)
     p.add_argument("--no-halfpixshift", action="store_true")
     p.add_argument("--method", choices=["nearest", "linear", "cubic"], default="nearest")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted normalisation from the images it completed")
     p.add_argument("--option", "-O", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_normalise)
 

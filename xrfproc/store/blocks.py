@@ -2,10 +2,12 @@
 
 Partial results
 ---------------
-A long step (the fit) saves the result of every completed block of pixels as one small ``.npz``
+A long step saves the result of every completed unit of work (the fit: a block of pixels of a
+channel; the normalisation: one line image of a channel) as one ``.npz``
 file in ``<file>.d/partial-<step>-<key>/`` (written under a temporary name and ``os.replace``d, so a
 kill at any moment leaves only complete block files). ``key`` is a hash of everything the results
-depend on (configuration text, mode, options, the identity of the raw data), so a rerun with
+depend on (configuration text, mode, options, the identity of the input data: :func:`raw_identity`,
+:func:`dataset_identity`), so a rerun with
 ``resume=True`` and the same inputs reuses exactly the blocks that were finished, and a rerun with
 other inputs never sees them. The folder is not an ``*.h5`` file, so the bulk-file garbage
 collection of :mod:`xrfproc.store.h5store` leaves it alone; the step removes it on success.
@@ -33,6 +35,8 @@ from typing import Any, Mapping, Sequence
 import h5py
 import numpy as np
 
+from ..errors import WriteError
+from .atomic_io import _write_failure
 from .h5store import GZIP, bulk_dir, now_iso
 
 log = logging.getLogger(__name__)
@@ -80,6 +84,48 @@ def raw_identity(path: str | Path, dataset: str) -> dict[str, Any]:
     return out
 
 
+#: stored chunks hashed by :func:`dataset_identity` (evenly spread beyond this many)
+HASHED_CHUNKS = 1 << 16
+
+
+def dataset_identity(path: str | Path, dataset: str) -> dict[str, Any]:
+    """What identifies the content of a dataset a step wrote (``fit/channel00/ims``): :func:`raw_identity`,
+    a hash of its stored (compressed) bytes and the provenance of the groups above it.
+
+    Results are rewritten in place of the old ones (an inline dataset of the same shape and chunks
+    may sit at the same place), so the content itself is hashed: the stored chunks as they are on
+    disk (no decompression; at most :data:`HASHED_CHUNKS` of them, evenly spread, for maps with more),
+    or the values of a contiguous dataset read in slabs.
+    """
+    path = Path(path)
+    out = raw_identity(path, dataset)
+    h = hashlib.sha256()
+    with h5py.File(path, "r") as f:
+        ds = f[dataset]
+        if ds.chunks is not None:
+            found: list[tuple[tuple[int, ...], int]] = []
+            ds.id.chunk_iter(lambda info: found.append((info.chunk_offset, info.size)))  # one pass, in file order
+            out["chunks_stored"] = len(found)
+            for offset, size in found[::max(1, -(-len(found) // HASHED_CHUNKS))]:
+                mask, data = ds.id.read_direct_chunk(offset)
+                h.update(repr((offset, size, mask)).encode())
+                h.update(data)
+        elif ds.shape:
+            step = max(1, CHUNK_VALUES // max(1, int(np.prod(ds.shape[1:]))))
+            for i in range(0, ds.shape[0], step):
+                h.update(np.ascontiguousarray(ds[i:i + step]).tobytes())
+        else:
+            h.update(np.asarray(ds[()]).tobytes())
+        out["content"] = h.hexdigest()[:24]
+        prov = []
+        parts = dataset.strip("/").split("/")[:-1]
+        for k in range(1, len(parts) + 1):
+            attrs = f["/".join(parts[:k])].attrs
+            prov.append({key: str(attrs[key]) for key in ("step", "timestamp", "parameters") if key in attrs})
+        out["provenance"] = prov
+    return out
+
+
 # --------------------------------------------------------------------------- partial results
 class PartialResults:
     """The completed blocks of one computation, kept on disk until the step succeeds.
@@ -89,30 +135,46 @@ class PartialResults:
     path : str or Path
         The layout file the step works on.
     step : str
-        Step name (``"fit"``).
+        Step name (``"fit"``, ``"normalise"``).
     key : str
         From :func:`result_key`.
     meta : mapping
         JSON-able description stored with the blocks (for people looking at the folder).
     resume : bool
         Keep the blocks already there; otherwise they are discarded first.
+    fsync : bool
+        Flush every block file to disk before it takes its name (a block survives a power cut, not
+        only a killed process). A step that checks each block it resumes from (and redoes damaged
+        ones) can do without: many small blocks then cost no disk round trip each.
     """
 
     def __init__(self, path: str | Path, step: str, key: str, meta: Mapping[str, Any] | None = None,
-                 resume: bool = False):
+                 resume: bool = False, fsync: bool = True):
         self.path = Path(path)
+        self.fsync = fsync
         self.folder = bulk_dir(self.path) / f"partial-{step}-{key}"
         self.key = key
         if self.folder.exists() and not resume:
             shutil.rmtree(self.folder, ignore_errors=True)
         self.resumed = self.folder.is_dir() and any(self.folder.glob("*.npz"))
-        self.folder.mkdir(parents=True, exist_ok=True)
         info = self.folder / "meta.json"
-        if not info.exists():
-            tmp = self.folder / f".meta-{secrets.token_hex(3)}.tmp"
-            tmp.write_text(json.dumps({"format": PARTIAL_FORMAT, "step": step, "key": key, "created": now_iso(),
-                                       "meta": dict(meta or {})}, sort_keys=True, default=str, indent=1))
-            os.replace(tmp, info)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if not info.exists():
+                tmp = self.folder / f".meta-{secrets.token_hex(3)}.tmp"
+                tmp.write_text(json.dumps({"format": PARTIAL_FORMAT, "step": step, "key": key, "created": now_iso(),
+                                           "meta": dict(meta or {})}, sort_keys=True, default=str, indent=1))
+                os.replace(tmp, info)
+        except OSError as exc:
+            raise self._write_error(exc) from None
+
+    def _write_error(self, exc: OSError) -> WriteError:
+        with contextlib.suppress(OSError):
+            if not any(self.folder.iterdir()):
+                self.folder.rmdir()
+        reason = _write_failure(exc) or exc.strerror or str(exc)
+        return WriteError(f"cannot keep the partial results in {self.folder.name}/ ({reason}); the file is unchanged",
+                          path=self.path)
 
     def _name(self, channel: str, block: int) -> Path:
         return self.folder / f"{channel}-b{block:07d}.npz"
@@ -130,14 +192,22 @@ class PartialResults:
         return out
 
     def save(self, channel: str, block: int, arrays: Mapping[str, np.ndarray]) -> None:
-        """Save one block's arrays atomically (temporary name, fsync, ``os.replace``)."""
+        """Save one block's arrays atomically (temporary name, fsync unless disabled, ``os.replace``)."""
         final = self._name(channel, block)
         tmp = self.folder / f".{final.stem}-{secrets.token_hex(3)}.tmp"
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+                if self.fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if _write_failure(exc) is None:
+                raise
+            raise self._write_error(exc) from None
 
     def load(self, channel: str, block: int) -> dict[str, np.ndarray]:
         """The arrays of a completed block.
@@ -178,15 +248,21 @@ def map_chunks(shape: tuple[int, ...], rows_per_block: int) -> tuple[int, ...]:
 
 
 def create_maps(group: h5py.Group, nlines: int, grid: tuple[int, ...], rows_per_block: int,
-                names: Sequence[str] = ("ims", "stddev")) -> dict[str, h5py.Dataset]:
-    """Create empty chunked float64 datasets ``(nlines, *grid)`` for ``names`` and ``chi2`` ``grid``."""
+                names: Sequence[str] = ("ims", "stddev"), dtype: Any = np.float64,
+                chi2: bool = True) -> dict[str, h5py.Dataset]:
+    """Create empty (NaN) chunked datasets ``(nlines, *grid)`` for ``names`` and, with ``chi2``, ``chi2`` ``grid``.
+
+    Each chunk holds one line and whole rows (:func:`map_chunks`), so a map can be filled one block
+    of rows of all lines at a time (:func:`write_rows`) or one line image at a time.
+    """
     out = {}
     for name in names:
         shape = (nlines,) + tuple(grid)
-        out[name] = group.create_dataset(name, shape=shape, dtype=np.float64,
+        out[name] = group.create_dataset(name, shape=shape, dtype=dtype,
                                          chunks=map_chunks(shape, rows_per_block), fillvalue=np.nan, **GZIP)
-    out["chi2"] = group.create_dataset("chi2", shape=tuple(grid), dtype=np.float64,
-                                       chunks=map_chunks(tuple(grid), rows_per_block), fillvalue=np.nan, **GZIP)
+    if chi2:
+        out["chi2"] = group.create_dataset("chi2", shape=tuple(grid), dtype=dtype,
+                                           chunks=map_chunks(tuple(grid), rows_per_block), fillvalue=np.nan, **GZIP)
     return out
 
 
@@ -247,4 +323,4 @@ class LineStats:
 
 
 __all__ = ["PartialResults", "LineStats", "create_maps", "write_rows", "map_chunks", "result_key", "raw_identity",
-           "list_partials"]
+           "dataset_identity", "list_partials"]
