@@ -9,6 +9,10 @@ takes its value from (Delaunay triangulation and barycentric weights for linear 
 nearest points for ``nearest`` and outside the convex hull); :meth:`Regridder.apply` then regrids
 any number of images for a few gathers per grid point. The results equal those of
 ``scipy.interpolate.griddata`` (as :func:`regrid` used to call it) to float rounding.
+``nearest`` and ``linear`` geometry is worked out one band of grid rows at a time
+(:mod:`xrfproc.core.triangulation`), in memory bounded by the band, not the map; ``cubic``
+(Clough-Tocher, whose gradients are estimated over the whole triangulation) triangulates the
+whole map at once.
 """
 from __future__ import annotations
 
@@ -21,6 +25,11 @@ from scipy.interpolate import CloughTocher2DInterpolator
 from scipy.spatial import Delaunay, cKDTree
 
 from ..errors import InputError
+from .triangulation import (_COINCIDE, BAND_POINTS, banded_geometry, barycentric_transforms,  # noqa: F401
+                            find_simplices)
+
+#: grid points regridded at once by :meth:`Regridder.apply` (bounds its temporaries)
+_APPLY_CHUNK = 1 << 16
 
 log = logging.getLogger(__name__)
 
@@ -153,145 +162,6 @@ def regular_axes(mot1: np.ndarray, mot2: np.ndarray, shape: tuple[int, int]) -> 
     return slow, fast
 
 
-#: tolerance of the barycentric coordinates, as scipy's Delaunay.find_simplex and LinearNDInterpolator
-_EPS = 100 * np.finfo(np.float64).eps
-#: grid points this close to a measured point (in grid steps) take its value without interpolation
-_COINCIDE = 1e-9
-#: simplices whose reciprocal condition number is below this are degenerate (as in scipy)
-_RCOND = 1000 * np.finfo(np.float64).eps
-
-
-def barycentric_transforms(tri: Delaunay) -> np.ndarray:
-    """The affine transforms of a 2-D triangulation's simplices, as ``tri.transform`` holds them.
-
-    ``c = T[s, :2] @ (x - T[s, 2])`` are the first two barycentric coordinates of ``x`` in simplex
-    ``s``. Computed in closed form for all simplices at once (scipy's property calls LAPACK once per
-    simplex: seconds for 10^5 points); equal to it to float rounding, NaN for the same degenerate
-    (reciprocal condition number below 1000 eps) simplices.
-
-    Returns
-    -------
-    ndarray, shape (nsimplex, 3, 2)
-    """
-    pts = tri.points
-    simp = tri.simplices
-    r = pts[simp[:, 2]]
-    a = pts[simp[:, 0]] - r
-    b = pts[simp[:, 1]] - r
-    det = a[:, 0] * b[:, 1] - b[:, 0] * a[:, 1]
-    out = np.empty((len(simp), 3, 2))
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        out[:, 0, 0] = b[:, 1] / det
-        out[:, 0, 1] = -b[:, 0] / det
-        out[:, 1, 0] = -a[:, 1] / det
-        out[:, 1, 1] = a[:, 0] / det
-        norm = np.maximum(np.abs(a).sum(axis=1), np.abs(b).sum(axis=1))
-        inv_norm = np.maximum(np.abs(out[:, :2, 0]).sum(axis=1), np.abs(out[:, :2, 1]).sum(axis=1))
-        bad = ~(1.0 / (norm * inv_norm) >= _RCOND)
-    out[:, 2] = r
-    out[bad, :2] = np.nan
-    out[bad, 2] = np.nan
-    return out
-
-
-def _coordinates(trans: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Barycentric coordinates ``(n, 3)`` of points ``x`` ``(n, 2)`` in simplices with transforms ``trans``
-    ``(n, 3, 2)``, summed in the order scipy sums them."""
-    d = x - trans[:, 2]
-    c0 = trans[:, 0, 0] * d[:, 0] + trans[:, 0, 1] * d[:, 1]
-    c1 = trans[:, 1, 0] * d[:, 0] + trans[:, 1, 1] * d[:, 1]
-    return np.stack([c0, c1, 1.0 - c0 - c1], axis=1)
-
-
-def _inside(c: np.ndarray) -> np.ndarray:
-    return np.all(c >= -_EPS, axis=-1) & np.all(c <= 1.0 + _EPS, axis=-1)
-
-
-def _search_near(tri: Delaunay, trans: np.ndarray, targets: np.ndarray, tree: cKDTree) -> np.ndarray:
-    """Simplex of each target among those around its nearest points, else -1 outside the convex hull;
-    ``tri.find_simplex`` for what is left (a target inside the hull but far from any vertex)."""
-    flat = tri.simplices.reshape(-1)
-    order = np.argsort(flat, kind="stable")
-    starts = np.searchsorted(flat[order], np.arange(tri.npoints + 1))
-    out = np.full(len(targets), -1, dtype=np.intp)
-    unknown = []
-    for i, x in enumerate(targets):
-        found = -1
-        for k in (16, 128):
-            verts = np.atleast_1d(tree.query(x, k=min(k, tri.npoints))[1])
-            cands = np.unique(np.concatenate([order[starts[v]:starts[v + 1]] // 3 for v in verts]))
-            ok = _inside(_coordinates(trans[cands], np.broadcast_to(x, (len(cands), 2))))
-            if ok.any():
-                found = int(cands[np.argmax(ok)])
-                break
-        if found < 0:
-            unknown.append(i)
-        out[i] = found
-    if unknown:
-        unknown = np.array(unknown)
-        hull = tri.points[tri.convex_hull]  # (nedges, 2, 2): outside any hull edge's line -> outside
-        centre = tri.points.mean(axis=0)
-        ex = hull[:, 1] - hull[:, 0]
-        side_c = ex[:, 0] * (centre[1] - hull[:, 0, 1]) - ex[:, 1] * (centre[0] - hull[:, 0, 0])
-        pts = targets[unknown]
-        side = (ex[None, :, 0] * (pts[:, None, 1] - hull[None, :, 0, 1])
-                - ex[None, :, 1] * (pts[:, None, 0] - hull[None, :, 0, 0]))
-        outside = np.any(side * side_c[None] < 0, axis=1)
-        rest = unknown[~outside]
-        if rest.size:
-            out[rest] = tri.find_simplex(targets[rest])
-    return out
-
-
-def find_simplices(tri: Delaunay, targets: np.ndarray, near: np.ndarray, tree: cKDTree,
-                   trans: np.ndarray | None = None, max_steps: int = 64) -> np.ndarray:
-    """The simplex of ``tri`` holding each target point (-1 outside the triangulation).
-
-    The answer of ``tri.find_simplex(targets)`` (up to the choice between two simplices for a
-    point on their common edge, where both interpolate alike), found faster: every target starts
-    from a simplex at its nearest point ``near`` (indices into ``tri.points``) and walks, all
-    targets at once, towards the neighbour opposite its most negative barycentric coordinate;
-    a walk that leaves the triangulation through a hull edge ends outside (a Delaunay triangulation
-    is convex). Targets whose walk meets a degenerate simplex or does not end are searched among
-    the simplices around their nearest points.
-
-    Parameters
-    ----------
-    tri : scipy.spatial.Delaunay, 2-D
-    targets : ndarray, shape (n, 2)
-    near : ndarray of int, shape (n,)
-    tree : cKDTree of ``tri.points``
-    trans : ndarray, optional
-        :func:`barycentric_transforms` of ``tri``.
-    """
-    trans = barycentric_transforms(tri) if trans is None else trans
-    out = np.full(len(targets), -1, dtype=np.intp)
-    start = tri.vertex_to_simplex[near]
-    todo = np.flatnonzero(start >= 0)
-    slow = [np.flatnonzero(start < 0)]  # points qhull left out of the triangulation (duplicates)
-    s = start[todo]
-    for _ in range(max_steps):
-        if todo.size == 0:
-            break
-        c = _coordinates(trans[s], targets[todo])
-        k = np.argmin(c, axis=1)
-        cmin = c[np.arange(len(k)), k]
-        degenerate = ~np.isfinite(cmin)
-        found = ~degenerate & (cmin >= -_EPS)
-        degenerate |= found & (c.max(axis=1) > 1.0 + _EPS)
-        found &= ~degenerate
-        out[todo[found]] = s[found]
-        slow.append(todo[degenerate])
-        nxt = tri.neighbors[s, k]
-        go = ~found & ~degenerate & (nxt >= 0)  # nxt < 0: beyond a hull edge, outside
-        todo, s = todo[go], nxt[go]
-    slow.append(todo)
-    rest = np.concatenate(slow)
-    if rest.size:
-        out[rest] = _search_near(tri, trans, targets[rest], tree)
-    return out
-
-
 class Regridder:
     """How every point of a regular grid takes its value from scattered points, computed once.
 
@@ -310,6 +180,17 @@ class Regridder:
     keep : ndarray of bool, shape grid, optional
         Points to use (e.g. those whose values are finite in every line); points without finite
         positions are always left out.
+    band_rows : int, optional
+        Grid rows per band of ``nearest`` and ``linear`` regridding; default: as many as hold about
+        ``band_points`` measured points. Working memory is bounded by the band (~600 bytes per
+        point of it); what is kept is 36 bytes per grid point (``linear``: 3 int32 indices and 3
+        float64 weights; float32 weights would give up agreement with the one-triangulation result
+        beyond 1e-7) or 4 (``nearest``).
+
+    Attributes
+    ----------
+    bands, widened : int
+        Bands the geometry was computed in; times a band's margin had to be widened.
 
     Raises
     ------
@@ -318,7 +199,8 @@ class Regridder:
     """
 
     def __init__(self, mot1: np.ndarray, mot2: np.ndarray, slow: np.ndarray, fast: np.ndarray,
-                 method: str = "nearest", keep: np.ndarray | None = None):
+                 method: str = "nearest", keep: np.ndarray | None = None, band_rows: int | None = None,
+                 band_points: int = BAND_POINTS):
         if method not in ("nearest", "linear", "cubic"):
             raise InputError(f"regridding method must be 'nearest', 'linear' or 'cubic', got {method!r}")
         self.method = method
@@ -329,14 +211,21 @@ class Regridder:
         ok = np.isfinite(y) & np.isfinite(x)
         if keep is not None:
             ok &= np.asarray(keep, dtype=bool).reshape(-1)
-        if ok.sum() == 0:
+        if not ok.any():
             raise InputError("no valid point to regrid (all masked or without positions)")
-        kept = np.flatnonzero(ok)
         # scale both axes to units of one grid step, so "nearest" means nearest in pixels
         dy = (abs(slow[1] - slow[0]) if len(slow) > 1 else 1.0) or 1.0
         dx = (abs(fast[1] - fast[0]) if len(fast) > 1 else 1.0) or 1.0
-        gy, gx = np.meshgrid(np.asarray(slow) / dy, np.asarray(fast) / dx, indexing="ij")
         self.line = len(slow) == 1 or len(fast) == 1
+        self.bands, self.widened = 1, 0
+        if not self.line and method != "cubic":
+            # one band of grid rows at a time: memory bounded by the band, not the map
+            geo = banded_geometry(y, x, ok, dy, dx, slow, fast, method, band_rows=band_rows, band_points=band_points)
+            self.method, self.bands, self.widened = geo.method, geo.bands, geo.widened
+            self.src, self.vertices, self.weights = geo.src, geo.vertices, geo.weights
+            return
+        kept = np.flatnonzero(ok)
+        gy, gx = np.meshgrid(np.asarray(slow) / dy, np.asarray(fast) / dx, indexing="ij")
         if self.line:
             # a line: interpolate in one dimension along the moving axis
             coord = x[kept] / dx if len(fast) > 1 else y[kept] / dy
@@ -353,37 +242,21 @@ class Regridder:
                     pick = np.zeros(self.target.size, dtype=np.intp)
                 self.src = self.src[pick]
             return
+        # cubic: one triangulation of every point (Clough-Tocher's gradients are not local)
         coords = np.column_stack([y[kept] / dy, x[kept] / dx])
         targets = np.column_stack([gy.reshape(-1), gx.reshape(-1)])
         self.kept = kept
-        if method == "nearest":
-            self.src = kept[cKDTree(coords).query(targets)[1]]
-            return
         tree = cKDTree(coords)
         dist, near = tree.query(targets)
+        del tree
         if np.all(dist <= _COINCIDE):
             # every grid point was measured (a step scan at its commanded positions, a snake scan
             # shifted back onto them): interpolation gives the point's value, to float rounding
             self.method = "nearest"
             self.src = kept[near]
             return
-        tri = Delaunay(coords)
-        # grid points outside the convex hull (e.g. the corners of a snake scan whose rows were
-        # shifted) take the nearest point's value
-        if method == "cubic":  # scipy's own search finds what is outside (NaN)
-            self.tri, self.targets, self.near_src = tri, targets, kept[near]
-            return
-        trans = barycentric_transforms(tri)
-        simplex = find_simplices(tri, targets, near, tree, trans)
-        del tree
-        inside = simplex >= 0
-        self.inside = np.flatnonzero(inside)
-        self.holes = np.flatnonzero(~inside)
-        self.hole_src = kept[near[self.holes]]
-        s = simplex[inside]
-        self.weights = np.ascontiguousarray(_coordinates(trans[s], targets[inside]).T)
-        small = np.int32 if kept.size and kept[-1] < np.iinfo(np.int32).max else np.intp
-        self.vertices = kept[tri.simplices[s]].T.astype(small)
+        # scipy's own search finds what is outside the convex hull (NaN): the nearest point's value
+        self.tri, self.targets, self.near_src = Delaunay(coords), targets, kept[near]
 
     def apply(self, values: np.ndarray) -> np.ndarray:
         """Regrid one image.
@@ -411,8 +284,9 @@ class Regridder:
             return out.reshape(self.shape)
         out = np.empty(self.shape[0] * self.shape[1])
         w, m = self.weights, self.vertices
-        out[self.inside] = w[0] * v[m[0]] + w[1] * v[m[1]] + w[2] * v[m[2]]
-        out[self.holes] = v[self.hole_src]
+        for s in range(0, out.size, _APPLY_CHUNK):  # temporaries of one chunk, not of the map
+            e = s + _APPLY_CHUNK
+            out[s:e] = w[0, s:e] * v[m[0, s:e]] + w[1, s:e] * v[m[1, s:e]] + w[2, s:e] * v[m[2, s:e]]
         return out.reshape(self.shape)
 
 

@@ -9,11 +9,12 @@ hashes the options and the identity of every input, the fit results included, so
 refitted map never reuses them). One transaction then streams the saved images into chunked
 ``norm/`` datasets: the old ``norm/`` stays intact until the new one is complete, a killed run
 continues from its saved images with ``resume=True``, and memory is bounded by a few line images
-(plus, when regridding, the triangulation of the scan positions), never all lines of a map.
+(plus, when regridding, 36 bytes per grid point of geometry), never all lines of a map.
 
 Regridding geometry (triangulation, barycentric weights, nearest points) depends on the positions
 and on which points are usable only, so it is computed once per map (:class:`~xrfproc.core.regrid.Regridder`)
-and applied to every image. Points are usable where the normalised values of every line are
+and applied to every image; ``nearest`` and ``linear`` triangulate one band of grid rows at a time
+(:mod:`xrfproc.core.triangulation`), so their working memory is bounded by the band, not the map. Points are usable where the normalised values of every line are
 finite, as the all-lines regridding did; that mask comes from a first pass over the images.
 """
 from __future__ import annotations
