@@ -367,24 +367,16 @@ def _write(path: Path, plans: dict[str, _Plan], cfgs: dict[str, fitconfig.FitCon
     inputs = [str(cfg_paths[c]) for c in chans] + [f"raw/{c}/spectra" for c in chans]
     summary: dict[str, Any] = {"file": str(path), "mode": mode, "channels": {}}
     with store.transaction(path, "fit", replace=replace, params=params, inputs=inputs) as tx:
-        bulk = rel = None
-        try:
+        with tx.maps("fit", inline_limit) as maps:
             for c in chans:
                 p = plans[c]
                 first = partial.load(c, 0)
                 names = [str(n) for n in first["names"]]
                 g = tx.group(f"fit/{c}")
                 nbytes = (2 * len(names) + 1) * p.npix * 8
-                if nbytes > inline_limit:
-                    if bulk is None:
-                        bulk, rel = tx.new_bulk_file("fit")
-                    target = bulk.create_group(c)
-                else:
-                    target = g
-                summary["channels"][c] = _write_channel(p, names, partial, target, deadtime)
-                if target is not g:
-                    for key in ("ims", "stddev", "chi2"):
-                        g[key] = h5py.ExternalLink(rel, f"/{c}/{key}")
+                summary["channels"][c] = maps.place(
+                    g, c, nbytes, ("ims", "stddev", "chi2"),
+                    lambda target, p=p, names=names: _write_channel(p, names, partial, target, deadtime))
                 store.write_array(g, "cfg", str(cfg_paths[c]))
                 store.write_array(g, "cfg_text", cfgs[c].text)
                 store.write_array(g, "names", names)
@@ -407,9 +399,6 @@ def _write(path: Path, plans: dict[str, _Plan], cfgs: dict[str, fitconfig.FitCon
                 if sf.names != names:
                     ch["warnings"].append(f"{c}: sum-spectrum groups {sf.names} differ from the map groups {names}")
                 ch["sum_int"] = dict(zip(names, map(float, sf.int * factor)))
-        finally:
-            if bulk is not None:
-                bulk.close()
         if "fit" in tx.file:
             tx.file["fit"].attrs["deadtime_corrected"] = int(bool(deadtime))
     return summary

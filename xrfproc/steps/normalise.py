@@ -352,30 +352,18 @@ def _write(path: Path, info: dict[str, _Channel], geo: _Geometry, factors: core_
             m1g, m2g = np.meshgrid(geo.slow, geo.fast, indexing="ij")
             store.write_array(g, "mot1", m1g)
             store.write_array(g, "mot2", m2g)
-        bulk = rel = None
-        try:
+        with tx.maps("norm", inline_limit) as maps:
             for c, ch in info.items():
                 cg = g.create_group(c)
                 nbytes = 2 * len(ch.names) * int(np.prod(geo.target)) * 4
-                if nbytes > inline_limit:
-                    if bulk is None:
-                        bulk, rel = tx.new_bulk_file("norm")
-                    target = bulk.create_group(c)
-                else:
-                    target = cg
-                summary["channels"][c] = _write_channel(ch, geo.target, partial, target)
-                if target is not cg:
-                    for key in ("ims", "stddev"):
-                        cg[key] = h5py.ExternalLink(rel, f"/{c}/{key}")
+                summary["channels"][c] = maps.place(cg, c, nbytes, ("ims", "stddev"),
+                                                    lambda target, ch=ch: _write_channel(ch, geo.target, partial, target))
                 store.write_array(cg, "names", ch.names)
                 if ch.sums is not None:
                     for key, value in core_norm.normalise_sums(*ch.sums, factors).items():
                         store.write_array(cg, f"sum/{key}", value)
                 else:
                     warnings.append(f"{datadir}/{c} has no sum/int, sum/bkg: norm sums left out")
-        finally:
-            if bulk is not None:
-                bulk.close()
 
 
 def _write_channel(ch: _Channel, target_grid: tuple[int, ...], partial: blocks_store.PartialResults,

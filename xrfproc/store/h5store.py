@@ -25,7 +25,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -257,6 +257,10 @@ class Transaction:
         self.guards.append(guard)
         return h5py.File(guard, "w"), rel
 
+    def maps(self, tag: str, inline_limit: int) -> "BulkMaps":
+        """Where large result maps go: see :class:`BulkMaps` (use as a context manager)."""
+        return BulkMaps(self, tag, inline_limit)
+
     def finish_bulk(self) -> None:
         """Sync the bulk files written; raise the first write error HDF5 met in them."""
         for guard in self.guards:
@@ -264,6 +268,44 @@ class Transaction:
         for guard in self.guards:
             if guard.error is not None:
                 raise guard.error
+
+
+class BulkMaps:
+    """Result maps of a step: written inline when small, else into one bulk file ``<file>.d/<tag>-*.h5``
+    of the transaction, linked from the group (external links: read like any dataset).
+
+    Use :meth:`place` per group, inside ``with tx.maps(tag, inline_limit) as maps:``.
+    """
+
+    def __init__(self, tx: "Transaction", tag: str, inline_limit: int):
+        self.tx, self.tag, self.inline_limit = tx, tag, int(inline_limit)
+        self.file: h5py.File | None = None
+        self.rel = ""
+
+    def place(self, group: h5py.Group, name: str, nbytes: int, keys: Sequence[str],
+              write: Callable[[h5py.Group], Any]) -> Any:
+        """Call ``write(target)`` with ``group`` itself (``nbytes <= inline_limit``) or with group ``/name``
+        of the bulk file, then link ``group[key]`` for each of ``keys`` written there; return what
+        ``write`` returns."""
+        if nbytes <= self.inline_limit:
+            return write(group)
+        if self.file is None:
+            self.file, self.rel = self.tx.new_bulk_file(self.tag)
+        result = write(self.file.create_group(name))
+        for key in keys:
+            group[key] = h5py.ExternalLink(self.rel, f"/{name}/{key}")
+        return result
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def __enter__(self) -> "BulkMaps":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @contextlib.contextmanager
