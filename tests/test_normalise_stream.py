@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -27,6 +23,8 @@ from xrfproc.core import regrid as cr
 from xrfproc.core.rawmap import RawChannel, RawMap
 from xrfproc.steps.normalise import normalise
 from xrfproc.store import blocks, h5store
+
+from _shared import sigkill_after_partials
 
 
 # --------------------------------------------------------------------------- the reference
@@ -323,23 +321,7 @@ def test_sigkilled_run_resumes_to_the_same_result(tmp_path):
     normalise(work)  # an older norm/ (not regridded)
     before = digest(work)
     n_kill = int(np.random.default_rng().integers(1, 11))  # a random point among the 12 images
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(work)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            parts = blocks.list_partials(work)
-            if parts and len(list(parts[0].glob("*.npz"))) >= n_kill:
-                break
-            assert proc.poll() is None, proc.stderr.read().decode()
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=10) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        proc.stderr.close()
+    sigkill_after_partials([sys.executable, "-c", CHILD, str(work)], work, n_kill)
     assert digest(work) == before  # the old norm/ is intact
     saved = len(list(blocks.list_partials(work)[0].glob("*.npz")))
     assert n_kill <= saved < 12

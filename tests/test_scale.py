@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -19,6 +16,7 @@ from xrfproc.steps.fit import fit
 from xrfproc.steps.normalise import normalise
 from xrfproc.store import blocks
 
+from _shared import sigkill_after_partials  # noqa: E402
 from test_fit_pymca import CHECK, make_map, snip_cfg, steel  # noqa: E402
 
 ROWS, COLS = 12, 20
@@ -113,26 +111,7 @@ def _run_killed(h5: Path, cfg: Path, min_blocks: int, timeout: float = 60.0) -> 
     """Fit in a child process (slowed down per block) and SIGKILL it after ``min_blocks`` blocks."""
     code = ("import sys; from xrfproc.steps.fit import fit; "
             f"fit(sys.argv[1], sys.argv[2], mode={_mode()!r}, block_spectra={BLOCK}, block_delay=0.2)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(h5), str(cfg)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            parts = blocks.list_partials(h5)
-            if parts and len(list(parts[0].glob("*.npz"))) >= min_blocks:
-                break
-            if proc.poll() is not None:
-                raise AssertionError(f"the fit ended before it could be killed: {proc.stderr.read().decode()}")
-            time.sleep(0.05)
-        else:
-            raise TimeoutError("no block completed in time")
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=10) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        proc.stderr.close()
+    sigkill_after_partials([sys.executable, "-c", code, str(h5), str(cfg)], h5, min_blocks, timeout=timeout, poll=0.05)
 
 
 def test_killed_fit_leaves_the_old_result_and_resumes_to_the_same_result(ref):
