@@ -327,15 +327,16 @@ def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast"
         log.info("%s: resuming the fit: %d of %d blocks done before", path, resumed, resumed + len(todo))
         report(progress, done_pix, total, f"resumed {resumed} blocks")
 
+    runner = get_runner(scheduler, n_workers, default="processes" if mode == "precise" else "sync")
+    # blocks in this process inflate their gzip chunks on every core; parallel workers one each
+    io_threads = 0 if runner.kind == "sync" else 1
+
     def args(item: tuple[str, int]) -> tuple:
         c, b = item
         p = plans[c]
         return (str(path.resolve()), c, p.blocks[b], mode, cfgs[c].text, p.sumspec, p.sumfit.names, p.npix, weight,
                 refit, chi2, options if mode == "engine" else {}, block_delay, io_threads)
 
-    runner = get_runner(scheduler, n_workers, default="processes" if mode == "precise" else "sync")
-    # blocks in this process inflate their gzip chunks on every core; parallel workers one each
-    io_threads = 0 if runner.kind == "sync" else 1
     try:
         with runner:
             for i, res in runner.map_unordered(fit_rows, (args(t) for t in todo)):

@@ -169,13 +169,13 @@ class ChunkWriter:
 # --------------------------------------------------------------------------- parallel reading
 #: HDF5 filter ids the threaded reader decodes itself (deflate, shuffle)
 _DEFLATE, _SHUFFLE = 1, 2
-_read_pool: ThreadPoolExecutor | None = None
+#: inflating thread pools by size, made on first use
+_read_pools: dict[int, ThreadPoolExecutor] = {}
 
 
 def _forget_read_pool() -> None:
-    """In a forked child the pool's threads do not exist: a new pool is made on first use."""
-    global _read_pool
-    _read_pool = None
+    """In a forked child the pools' threads do not exist: new pools are made on first use."""
+    _read_pools.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -225,7 +225,6 @@ def read_rows(ds: Any, start: int, stop: int, threads: int = THREADS) -> np.ndar
     Datasets with other filters (LZ4, Blosc, none), chunks that were never written and a single
     thread fall back to h5py's own reading. Same values as ``ds[start:stop]``.
     """
-    global _read_pool
     shuffle = _deflate_only(ds) if threads > 1 and ds.chunks is not None and ds.ndim >= 2 else None
     if shuffle is None:
         return ds[start:stop]
@@ -234,14 +233,15 @@ def read_rows(ds: Any, start: int, stop: int, threads: int = THREADS) -> np.ndar
     chunks = tuple(ds.chunks)
     first = start - start % chunks[0]
     corners = [range(first, stop, chunks[0])] + [range(0, n, c) for n, c in zip(ds.shape[1:], chunks[1:])]
-    if _read_pool is None:
-        _read_pool = ThreadPoolExecutor(max(2, THREADS), thread_name_prefix="inflate")
+    pool = _read_pools.get(threads)
+    if pool is None:
+        pool = _read_pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="inflate")
     jobs = []
     try:
         for corner in np.ndindex(*[len(c) for c in corners]):
             offset = tuple(c[i] for c, i in zip(corners, corner))
             mask, payload = ds.id.read_direct_chunk(offset)
-            jobs.append(_read_pool.submit(_inflate_into, out, start, stop, offset, payload, mask, chunks, ds.dtype,
+            jobs.append(pool.submit(_inflate_into, out, start, stop, offset, payload, mask, chunks, ds.dtype,
                                           shuffle))
     except (KeyError, OSError, RuntimeError, ValueError):  # a chunk never written (fill value): h5py knows
         for job in jobs:

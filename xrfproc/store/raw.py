@@ -252,8 +252,7 @@ def iter_spectra_blocks(path: str | Path, channel: str, rows_per_block: int = 0)
             yield slice(0, 1), read_dataset(ds, path, key)[None]
             return
         if rows_per_block <= 0:
-            per_row = int(np.prod(ds.shape[1:]))
-            rows_per_block = max(1, (16 * CHUNK_VALUES) // max(per_row, 1))
+            rows_per_block = block_rows(ds.shape, ds.chunks or (1,))
         check_size((rows_per_block,) + ds.shape[1:], ds.dtype, f"a block of {key}", path=path, dataset=key)
         for sl in iter_blocks(ds.shape[0], rows_per_block):
             yield sl, read_dataset(ds, path, key, sl)

@@ -189,7 +189,6 @@ def read_scan(f: h5py.File, path: Path, scan: str, *, dims: Sequence[int] | None
     npts = None
     acq_time = None
     for c, group in enumerate(groups):
-        total: H5Points | None = None
         elements: list[H5Points] = []
         icr_sum = ocr_sum = None
         for det in group:
@@ -206,11 +205,10 @@ def read_scan(f: h5py.File, path: Path, scan: str, *, dims: Sequence[int] | None
             elif ds.shape[0] != npts:
                 raise InputError(f"{ds.shape[0]} points, other detectors have {npts}", path=path, dataset=key)
             spectra = H5Points([(path, key, ds.shape, ds.dtype)])  # stays on disk: read block by block when written
-            if total is not None and (spectra.npts, spectra.nbins) != (total.npts, total.nbins):
+            if elements and (spectra.npts, spectra.nbins) != (elements[0].npts, elements[0].nbins):
                 raise InputError(f"shape {(spectra.npts, spectra.nbins)} differs from the other summed elements' "
-                                 f"{(total.npts, total.nbins)}", path=path, dataset=key)
+                                 f"{(elements[0].npts, elements[0].nbins)}", path=path, dataset=key)
             elements.append(spectra)
-            total = spectra
             r_in = _counter(f, scan, f"{det}_{icr}", npts, path)
             r_out = _counter(f, scan, f"{det}_{ocr}", npts, path)
             icr_sum = r_in if icr_sum is None else icr_sum + r_in

@@ -106,7 +106,6 @@ def sort_points(raw: RawMap) -> RawMap:
     reordered. Other spectra are read into memory when they need reordering; a map already in
     order is returned with its arrays untouched (an h5py dataset stays lazy).
     """
-
     order = sort_order(raw.mot1, raw.mot2)
     if np.array_equal(order.ravel(), np.arange(order.size)):
         return raw
