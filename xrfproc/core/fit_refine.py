@@ -27,7 +27,7 @@ evaluated within +-8 sigma, where the neglected part is below 1.3e-14 of the pea
 to ~35 sigma, a difference far below rounding of the counts).
 
 The pile-up settings travel in ``model.extra["pileup"]`` (see :func:`pileup_settings`;
-:func:`xrfproc.core.fit_engine.build_model` puts them there); without them there is no pile-up.
+:func:`xrfproc.core.fit_model.build_model` puts them there); without them there is no pile-up.
 """
 from __future__ import annotations
 
