@@ -31,9 +31,9 @@ triangulation (both are Delaunay, so both are linear interpolations of equal sta
 wherever the data are linear along the square). The same holds within qhull's rounding: on a
 2000 x 2000 snake scan (positions jittered by 0.01 steps) 2 grid points of 4 million differed
 from the one-triangulation result, in quadrilaterals co-circular to 2e-8, where the band took
-the triangle with the empty circumcircle and qhull, on all 4 million points, the other. Likewise a grid point exactly halfway between
-measured points may take the other one as nearest. With a single band (maps up to ``band_points``
-points) the result is the global computation itself.
+the triangle with the empty circumcircle and qhull, on all 4 million points, the other. Likewise
+a grid point exactly halfway between measured points may take the other one as nearest. With a
+single band (maps up to ``band_points`` points) the result is the global computation itself.
 
 qhull holds the GIL (two threads triangulating two bands take as long as one doing both), so
 bands are computed one after another.

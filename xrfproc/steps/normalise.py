@@ -14,8 +14,11 @@ continues from its saved images with ``resume=True``, and memory is bounded by a
 Regridding geometry (triangulation, barycentric weights, nearest points) depends on the positions
 and on which points are usable only, so it is computed once per map (:class:`~xrfproc.core.regrid.Regridder`)
 and applied to every image; ``nearest`` and ``linear`` triangulate one band of grid rows at a time
-(:mod:`xrfproc.core.triangulation`), so their working memory is bounded by the band, not the map. Points are usable where the normalised values of every line are
-finite, as the all-lines regridding did; that mask comes from a first pass over the images.
+(:mod:`xrfproc.core.triangulation`), so their working memory is bounded by the band, not the map.
+Points are usable where the normalised values of every line are finite, as the all-lines
+regridding did; that mask comes from a first pass over the images (each fit image is therefore
+read twice when regridding: the mask must be known before the first image is regridded, and
+holding the stack instead would give up the memory bound).
 """
 from __future__ import annotations
 
@@ -62,15 +65,19 @@ class _Channel:
 
 @dataclass
 class _Geometry:
-    """Where the normalised points go: unchanged, in motor order, or regridded."""
+    """Where the normalised points go: unchanged, in motor order (``sort_index``), or regridded
+    (positions ``m1``, ``m2`` onto the axes ``slow`` x ``fast``)."""
 
     target: tuple[int, ...]
-    regridding: bool
     sort_index: tuple[np.ndarray, np.ndarray] | None = None
     m1: np.ndarray | None = None
     m2: np.ndarray | None = None
     slow: np.ndarray | None = None
     fast: np.ndarray | None = None
+
+    @property
+    def regridding(self) -> bool:
+        return self.slow is not None
 
 
 def _digest(*arrays: Any) -> str:
@@ -93,8 +100,8 @@ def _geometry(path: Path, grid: tuple[int, ...], mot1: np.ndarray | None, mot2: 
                           path=path, dataset="mot1")
     if not regridding:
         if sort and len(grid) == 2:
-            return _Geometry(grid, False, sort_index=core_regrid.sort_order(mot1, mot2))
-        return _Geometry(grid, False)
+            return _Geometry(grid, sort_index=core_regrid.sort_order(mot1, mot2))
+        return _Geometry(grid)
     target: tuple[int, ...] = grid
     if tt:
         if dims is not None:
@@ -112,22 +119,31 @@ def _geometry(path: Path, grid: tuple[int, ...], mot1: np.ndarray | None, mot2: 
         spacing = np.nanmedian(np.abs(np.diff(m2, axis=1))) if m2.shape[1] > 1 else 0.0
         m2 = core_regrid.half_pixel_shift(m2, spacing)
     slow, fast = core_regrid.regular_axes(m1, m2, target)
-    return _Geometry(target, True, m1=m1, m2=m2, slow=slow, fast=fast)
+    return _Geometry(target, m1=m1, m2=m2, slow=slow, fast=fast)
 
 
-def _usable_points(ims: h5py.Dataset, std: h5py.Dataset | None, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _read_image(ims: h5py.Dataset, std: h5py.Dataset | None, i: int,
+                factors: core_norm.NormFactors) -> tuple[np.ndarray, np.ndarray]:
+    """Line image ``i`` and its uncertainties, normalised (shape grid, float64)."""
+    v = np.asarray(ims[i], dtype=np.float64)[None]
+    e = None if std is None else np.asarray(std[i], dtype=np.float64)[None]
+    with np.errstate(invalid="ignore", over="ignore"):
+        v, e = core_norm.normalise_images(v, factors, e)
+    return v[0], e[0]
+
+
+def _usable_points(ims: h5py.Dataset, std: h5py.Dataset | None,
+                   factors: core_norm.NormFactors) -> tuple[np.ndarray, np.ndarray]:
     """Points whose normalised value (and uncertainty) is finite in every line, read one image at a time.
 
     Returns two boolean arrays of shape grid: for the images and for the uncertainties.
     """
-    keep_v = np.ones(scale.shape, dtype=bool)
-    keep_e = np.ones(scale.shape, dtype=bool)
-    with np.errstate(invalid="ignore", over="ignore"):
-        for i in range(ims.shape[0]):
-            v = np.asarray(ims[i], dtype=np.float64)
-            e = np.sqrt(np.abs(v)) if std is None else np.asarray(std[i], dtype=np.float64)
-            keep_v &= np.isfinite(v * scale)
-            keep_e &= np.isfinite(e * scale)
+    keep_v = np.ones(factors.scale.shape, dtype=bool)
+    keep_e = np.ones(factors.scale.shape, dtype=bool)
+    for i in range(ims.shape[0]):
+        v, e = _read_image(ims, std, i, factors)
+        keep_v &= np.isfinite(v)
+        keep_e &= np.isfinite(e)
     return keep_v, keep_e
 
 
@@ -321,13 +337,10 @@ def _normalise_images(path: Path, datadir: str, info: dict[str, _Channel], saved
             ds_v, ds_e = g["ims"], g["stddev"] if ch.has_std else None
             rg_v = rg_e = None
             if regridders is not None:
-                keep_v, keep_e = _usable_points(ds_v, ds_e, factors.scale)
+                keep_v, keep_e = _usable_points(ds_v, ds_e, factors)
                 rg_v, rg_e = regridders.get(keep_v), regridders.get(keep_e)
             for i in todo:
-                v = np.asarray(ds_v[i], dtype=np.float64)[None]
-                e = None if ds_e is None else np.asarray(ds_e[i], dtype=np.float64)[None]
-                v, e = core_norm.normalise_images(v, factors, e)
-                v, e = v[0], e[0]
+                v, e = _read_image(ds_v, ds_e, i, factors)
                 if rg_v is not None:
                     v, e = rg_v.apply(v), rg_e.apply(e)
                 elif geo.sort_index is not None:
@@ -357,7 +370,7 @@ def _write(path: Path, info: dict[str, _Channel], geo: _Geometry, factors: core_
                 cg = g.create_group(c)
                 nbytes = 2 * len(ch.names) * int(np.prod(geo.target)) * 4
                 summary["channels"][c] = maps.place(cg, c, nbytes, ("ims", "stddev"),
-                                                    lambda target, ch=ch: _write_channel(ch, geo.target, partial, target))
+                                                    lambda out, ch=ch: _write_channel(ch, geo.target, partial, out))
                 store.write_array(cg, "names", ch.names)
                 if ch.sums is not None:
                     for key, value in core_norm.normalise_sums(*ch.sums, factors).items():
@@ -375,10 +388,7 @@ def _write_channel(ch: _Channel, target_grid: tuple[int, ...], partial: blocks_s
     maps["stddev"].attrs["meaning"] = "absolute one-sigma error"
     stats = {}
     for i, name in enumerate(ch.names):
-        res = partial.load(ch.name, i)
-        if res["ims"].shape != tuple(target_grid):
-            raise InputError(f"saved image {i} of {ch.name} has shape {res['ims'].shape}, expected {target_grid}; "
-                             "rerun without resume", path=partial.path)
+        res = partial.load(ch.name, i)  # shapes checked: resumed ones by _saved_images, the others made here
         maps["ims"][i] = res["ims"]
         maps["stddev"][i] = res["stddev"]
         st = res["stats"]
