@@ -43,7 +43,8 @@ def convert(source: str | Path | Sequence[str | Path], out: str | Path | None = 
     source : path or list of paths
         A beamline file or scan directory; a list is merged into one map.
     out : path, optional
-        The file to write; default ``<first source stem>_merge.h5`` next to the source.
+        The file to write; default ``<source stem>.h5`` next to the source, ``<first source
+        stem>_merge.h5`` when several scans are stitched (see :func:`xrfproc.core.convert.default_output`).
     kind : str
         ``"auto"`` (detect from the content) or one of :func:`converter_kinds`.
     compression : str
@@ -51,6 +52,8 @@ def convert(source: str | Path | Sequence[str | Path], out: str | Path | None = 
         ``"blosc"`` (faster; reading needs the ``hdf5plugin`` filters) or ``"none"``.
     **options
         Passed to the reader (e.g. ``scan="1.1"``, ``dims=(10, 10)``, ``sort=True``).
+        ``energy_keV=`` (keV) records the excitation energy; it wins over the file's, and a difference
+        of more than 1 eV is logged as a warning naming both.
 
     Returns
     -------
@@ -60,10 +63,9 @@ def convert(source: str | Path | Sequence[str | Path], out: str | Path | None = 
     from .store.filters import check_compression
 
     compression = check_compression(compression)
-    first = Path(source[0] if isinstance(source, (list, tuple)) and source else source)  # type: ignore[index]
     raw = _convert.read_any(source, kind=kind, **options)
     if out is None:
-        out = first.with_name((first.stem if first.suffix else first.name) + "_merge.h5")
+        out = _convert.default_output(source, options)
     sources = [str(s) for s in source] if isinstance(source, (list, tuple)) else [str(source)]
     return store.write_raw(out, raw, params={"kind": kind, "source": sources, "compression": compression, **options},
                            compression=compression)

@@ -55,10 +55,11 @@ def outputs(st: "PlannedStep") -> list[str]:
     if st.name == "demo_dataset" and isinstance(kw.get("folder"), str):
         out += [os.path.join(kw["folder"], "demo_sample.h5"), os.path.join(kw["folder"], "demo_nist613.h5")]
     if st.name == "convert" and "out" not in kw:
-        first = next(_strings(kw.get("source")), None)
-        if first:
-            p = Path(first)
-            out.append(str(p.with_name((p.stem if p.suffix else p.name) + "_merge.h5")))
+        sources = list(_strings(kw.get("source")))
+        if sources:
+            from ..core.convert import default_output
+
+            out.append(str(default_output(sources if len(sources) > 1 else sources[0], kw)))
     if st.name == "make_config" and "out" not in kw and isinstance(kw.get("h5file"), str):
         ch = kw.get("channel", 0)
         ch = f"channel{int(ch):02d}" if isinstance(ch, int) or str(ch).isdigit() else str(ch or "channel00")

@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 
 from ..core.limits import check_size
+from ..core.convert.provenance import MEMBER_ATTRS
 from ..core.rawmap import RawChannel, RawMap
 from ..errors import InputError, LayoutError
 from .filters import THREADS, ChunkWriter, check_compression, dataset_options, read_rows
@@ -105,6 +106,24 @@ def _write_spectra(bulk: h5py.File, name: str, spectra: Any, compression: str = 
     return total, peak
 
 
+def _write_raw_attrs(g: h5py.Group, attrs: dict[str, Any], where: str) -> None:
+    """``RawMap.attrs`` as attributes of ``raw/``, and its ``member_attrs`` table on the members of ``raw/``.
+
+    ``attrs[MEMBER_ATTRS]`` is ``{member: {attribute: value}}`` (e.g. ``{"I0": {"units": "counts"},
+    "channel00": {"calibration_source": "..."}}``, see :mod:`xrfproc.core.convert.provenance`); a
+    member that was not written (an absent ``I1``) is skipped.
+    """
+    for key, value in attrs.items():
+        if key != MEMBER_ATTRS:
+            g.attrs[key] = value
+    for member, table in (attrs.get(MEMBER_ATTRS) or {}).items():
+        if member not in g:
+            log.debug("%s: raw/%s not written; its attributes %s are dropped", where, member, sorted(table))
+            continue
+        for key, value in table.items():
+            g[member].attrs[key] = value
+
+
 def write_raw(path: str | Path, raw: RawMap, *, step: str = "convert", params: dict | None = None,
               progress: Callable[[float], None] | None = None, compression: str = "gzip") -> Path:
     """Write a converted scan as a new layout file (replacing any file at ``path`` atomically).
@@ -160,8 +179,7 @@ def write_raw(path: str | Path, raw: RawMap, *, step: str = "convert", params: d
             g.attrs["energy_keV"] = float(raw.energy_keV)
         g.attrs["mot1_name"] = raw.mot1_name
         g.attrs["mot2_name"] = raw.mot2_name
-        for key, value in raw.attrs.items():
-            g.attrs[key] = value
+        _write_raw_attrs(g, raw.attrs, str(path))
         tx.file.create_dataset("cmd", data=raw.cmd.encode("utf8"))
         for key, mot, name in (("mot1", raw.mot1, raw.mot1_name), ("mot2", raw.mot2, raw.mot2_name)):
             ds = write_array(tx.file, key, np.asarray(mot, dtype=np.float64))

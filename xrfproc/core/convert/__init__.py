@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from ...errors import InputError
 from ..rawmap import RawMap
+from .provenance import apply_given_energy
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,18 @@ def read_any(source: str | Path | Sequence[str | Path], kind: str = "auto", **op
         themselves).
     kind : str
         Reader name, or ``"auto"`` to detect it from the first file.
+    energy_keV : float, optional (in ``options``)
+        Excitation energy (keV). It wins over the one the file records; a difference of more than
+        1 eV is logged as a warning naming both (see :func:`.provenance.apply_given_energy`).
     """
+    energy_keV = options.pop("energy_keV", None)
+    raw = _read(source, kind, **options)
+    where = str(source[0] if isinstance(source, (list, tuple)) else source)
+    apply_given_energy(raw, None if energy_keV is None else float(energy_keV), where)
+    return raw
+
+
+def _read(source: str | Path | Sequence[str | Path], kind: str, **options: Any) -> RawMap:
     if isinstance(source, (list, tuple)):
         if not source:
             raise InputError("empty list of files to convert")
@@ -96,6 +108,44 @@ def read_any(source: str | Path | Sequence[str | Path], kind: str = "auto", **op
     if kind == "auto":
         kind = detect_kind(source)
     return reader(kind).read(source, **options)
+
+
+def stitches(source: str | Path | Sequence[str | Path], options: dict[str, Any] | None = None) -> bool:
+    """True when converting ``source`` with ``options`` stitches several scans into one map.
+
+    Several sources, or several scan ids (``scan=["1.1", "2.1"]``), are stitched; one file or folder
+    with one scan is not.
+    """
+    if isinstance(source, (list, tuple)) and len(source) > 1:
+        return True
+    scan = (options or {}).get("scan")
+    return isinstance(scan, (list, tuple)) and len(scan) > 1
+
+
+def default_output(source: str | Path | Sequence[str | Path], options: dict[str, Any] | None = None) -> Path:
+    """The file :func:`xrfproc.api.convert` writes when no ``out`` is given.
+
+    ``<stem>.h5`` next to the (first) source, named after the scan (``2xfm_0011.mda`` ->
+    ``2xfm_0011.h5``, scan folder ``scan_00012`` -> ``scan_00012.h5``). ``<stem>_merge.h5`` (the
+    original xrf_proc's name) when several scans are stitched together (:func:`stitches`), and when
+    ``<stem>.h5`` would be a source itself (an HDF5 beamline file such as ID15's ``sample_0001.h5``).
+    """
+    items = list(source) if isinstance(source, (list, tuple)) else [source]
+    if not items:
+        raise InputError("empty list of files to convert")
+    first = Path(items[0])
+    stem = first.stem if first.suffix else first.name
+    plain = first.with_name(stem + ".h5")
+    if stitches(source, options) or any(_same_path(plain, Path(s)) for s in items):
+        return first.with_name(stem + "_merge.h5")
+    return plain
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return a.absolute() == b.absolute()
 
 
 def merge(maps: Sequence[RawMap], atol: float = 1e-4) -> RawMap:

@@ -19,6 +19,7 @@ from ._sniff import head_bytes
 from ...errors import InputError
 from ..limits import check_size, nbytes
 from ..rawmap import RawChannel, RawMap
+from .provenance import apply_given_energy, set_calibration_source
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,8 @@ def read(source: str | Path | np.ndarray, *, dataset: str | None = None, dims: S
                  mot1=vals["mot1"] if vals["mot1"] is not None else np.broadcast_to(np.arange(grid[0], dtype=float)[:, None], grid).copy(),
                  mot2=vals["mot2"] if vals["mot2"] is not None else np.broadcast_to(np.arange(grid[1], dtype=float), grid).copy(),
                  I1=vals["I1"], cmd=cmd or f"array {where}", mot1_name=mot1_name, mot2_name=mot2_name,
-                 energy_keV=energy_keV, sources=sources, attrs={"source_format": "array"})
+                 sources=sources, attrs={"source_format": "array"})
+    set_calibration_source(raw, "given (calibration=)")
+    apply_given_energy(raw, energy_keV, where)
     raw.validate(where)
     return raw

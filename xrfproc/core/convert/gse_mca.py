@@ -26,6 +26,7 @@ import numpy as np
 from ._sniff import head_bytes
 from ...errors import InputError
 from ..rawmap import RawChannel, RawMap
+from .provenance import apply_given_energy, plausible_keV, set_energy, set_member_attrs, set_time_units, to_keV
 
 log = logging.getLogger(__name__)
 
@@ -128,21 +129,34 @@ def _floats(header: dict[str, list[str]], key: str, n: int, path: Path) -> np.nd
     return arr
 
 
-def mono_energy_keV(environment: list[tuple[str, str, str]]) -> float | None:
-    """The monochromator energy from ENVIRONMENT lines (readback first), in keV; None if absent."""
+def mono_energy(environment: list[tuple[str, str, str]]) -> tuple[float, str] | None:
+    """The monochromator energy from ENVIRONMENT lines (readback first) and its source.
+
+    Returns
+    -------
+    (float, str) or None
+        The energy in keV (values above 200 are eV) and where it was read, e.g.
+        ``'GSE ENVIRONMENT 13IDA:E:E_RBV (Mono Energy readback)'``; None if absent.
+    """
     cands = [(pv, v, d) for pv, v, d in environment if "energy" in (d + pv).lower() and "mono" in (d + pv).lower()]
     cands.sort(key=lambda e: 0 if ("readback" in e[2].lower() or "RBV" in e[0]) else 1)
-    for _pv, value, _d in cands:
+    for pv, value, desc in cands:
         try:
             e = float(value)
         except ValueError:
             continue
-        if e > 0:
-            return e / 1000.0 if e > 200 else e
+        if e > 0 and plausible_keV(to_keV(e)):
+            return to_keV(e), f"GSE ENVIRONMENT {pv}" + (f" ({desc})" if desc else "")
     return None
 
 
-def read(source: str | Path, *, elements: str = "sum", **_ignored: Any) -> RawMap:
+def mono_energy_keV(environment: list[tuple[str, str, str]]) -> float | None:
+    """The monochromator energy from ENVIRONMENT lines (readback first), in keV; None if absent."""
+    found = mono_energy(environment)
+    return None if found is None else found[0]
+
+
+def read(source: str | Path, *, elements: str = "sum", energy_keV: float | None = None, **_ignored: Any) -> RawMap:
     """Read one GSE ``.mca`` file as a 1 x 1 map.
 
     Parameters
@@ -150,6 +164,12 @@ def read(source: str | Path, *, elements: str = "sum", **_ignored: Any) -> RawMa
     source : path
     elements : {"sum", "separate"}
         Sum the detector elements into ``channel00`` or keep one channel per element.
+    energy_keV : float, optional
+        Excitation energy (keV) to record instead of the ENVIRONMENT's mono energy (a difference of
+        more than 1 eV is logged as a warning).
+
+    The file records no beam monitor: ``raw/I0`` is 1 (``units`` ``"1"``); ``raw@dwell_s`` is the
+    real time, ``raw/channelXX@calibration_source`` names the ``CAL_*`` header lines.
     """
     path = Path(source)
     if elements not in ("sum", "separate"):
@@ -184,11 +204,20 @@ def read(source: str | Path, *, elements: str = "sum", **_ignored: Any) -> RawMa
     atime = float(real.mean()) if real is not None else 1.0
     if real is None:
         log.warning("%s: no REAL_TIME/LIVE_TIME; acquisition time set to 1 s", path)
-    energy = mono_energy_keV(p["environment"])
     date = header.get("DATE", [""])[0]
     raw = RawMap(channels=chans, I0=np.ones((1, 1)), acquisition_time=np.full((1, 1), atime),
                  mot1=np.zeros((1, 1)), mot2=np.zeros((1, 1)), cmd=f"GSE mca {path.name} {date}".strip(),
-                 energy_keV=energy, sources=[str(path)],
+                 sources=[str(path)],
                  attrs={"source_format": "GSE/EPICS mca", "live_time": float(live.mean()) if live is not None else 1.0})
+    for ci, idx in enumerate(groups):
+        set_member_attrs(raw, f"channel{ci:02d}", calibration_source=(
+            f"GSE header CAL_OFFSET/CAL_SLOPE/CAL_QUAD of element {idx[0] + 1}"
+            if raw.channels[f"channel{ci:02d}"].calibration is not None else None))
+    set_member_attrs(raw, "I0", units="1", source="none: the file records no beam monitor (1)")
+    set_time_units(raw, dwell_s=atime if real is not None else None)
+    energy = mono_energy(p["environment"])
+    if energy is not None:
+        set_energy(raw, *energy)
+    apply_given_energy(raw, energy_keV, str(path))
     raw.validate(str(path))
     return raw

@@ -23,6 +23,7 @@ import numpy as np
 from ...errors import InputError
 from ..rawmap import RawChannel, RawMap
 from .lazy import H5Points, LazySpectra, SumPoints
+from .provenance import plausible_keV, set_energy, set_member_attrs, set_time_units, to_keV
 from .sorting import sort_points
 from .stitch import merge
 
@@ -140,14 +141,31 @@ def _scans(f: h5py.File) -> list[str]:
     return sorted((k for k in f if _SCAN_RE.match(k)), key=key)
 
 
-def _energy(f: h5py.File, scan: str) -> float | None:
+def _energy(f: h5py.File, scan: str) -> tuple[float, str] | None:
+    """The excitation energy (keV; the dataset's ``units`` attribute, else eV above 200) and its dataset."""
     for key in ("instrument/positioners/energy", "instrument/monochromator/energy", "instrument/mono/energy",
                 "sample/energy"):
         obj = f.get(f"{scan}/{key}")
-        if isinstance(obj, h5py.Dataset) and obj.size == 1:
-            value = float(np.asarray(obj[()]).reshape(-1)[0])
-            return value / 1000.0 if value > 200 else value  # eV -> keV
+        if isinstance(obj, h5py.Dataset) and obj.size == 1 and obj.dtype.kind in "uif":
+            unit = obj.attrs.get("units", "")
+            unit = unit.decode("utf8", "replace") if isinstance(unit, bytes) else str(unit)
+            value = to_keV(float(np.asarray(obj[()]).reshape(-1)[0]), unit)
+            if plausible_keV(value):
+                return value, f"ID15 {scan}/{key}"
     return None
+
+
+def _record_units(raw: RawMap, f: h5py.File, scan: str, i0: str, i1: str | None, divided: bool,
+                  count_time: float | None) -> None:
+    """Energy with its source; I0/I1 units (counts per point, per mA when divided by the ring current); dwell."""
+    energy = _energy(f, scan)
+    if energy is not None:
+        set_energy(raw, *energy)
+    set_member_attrs(raw, "I0", units="counts/mA" if divided else "counts", source=f"{scan}/measurement/{i0}"
+                     + (" / instrument/machine/current" if divided else ""))
+    if i1 is not None:
+        set_member_attrs(raw, "I1", units="counts", source=f"{scan}/measurement/{i1}")
+    set_time_units(raw, dwell_s=count_time)
 
 
 def _detector_groups(detectors: Sequence[Any] | None, present: list[str]) -> list[list[str]]:
@@ -271,9 +289,13 @@ def read_scan(f: h5py.File, path: Path, scan: str, *, dims: Sequence[int] | None
     attrs: dict[str, Any] = {"scan": scan}
     if current is not None:
         attrs["ring_current_mA"] = float(np.nanmean(current))
-    return RawMap(channels=chans, I0=shape(I0), acquisition_time=shape(acq_time), mot1=shape(m1), mot2=shape(m2),
-                  I1=None if I1 is None else shape(I1), cmd=title, mot1_name=mot1_name, mot2_name=mot2_name,
-                  energy_keV=_energy(f, scan), sources=[f"{path}::{scan}"], attrs=attrs)
+    raw = RawMap(channels=chans, I0=shape(I0), acquisition_time=shape(acq_time), mot1=shape(m1), mot2=shape(m2),
+                 I1=None if I1 is None else shape(I1), cmd=title, mot1_name=mot1_name, mot2_name=mot2_name,
+                 sources=[f"{path}::{scan}"], attrs=attrs)
+    count_time = parsed.get("count_time")
+    _record_units(raw, f, scan, i0, i1 if I1 is not None else None, current is not None and not i0_correction,
+                  None if count_time is None else float(count_time))
+    return raw
 
 
 def read(source: str | Path | Sequence[str | Path], scan: str | Sequence[str] = "1.1", *,

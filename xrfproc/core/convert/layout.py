@@ -15,6 +15,7 @@ from typing import Any
 from ._sniff import head_bytes
 from ...errors import InputError
 from ..rawmap import RawMap
+from .provenance import set_energy, set_member_attrs
 
 log = logging.getLogger(__name__)
 
@@ -68,5 +69,34 @@ def read(source: str | Path, **_ignored: Any) -> RawMap:
         log.warning("%s: %s missing; using defaults (1 for rates/I0/time, 0 for motors)", path, ", ".join(missing))
     raw = read_raw(path)
     raw.attrs = dict(raw.attrs, source_format="xrf_proc layout")
+    _carry_origins(raw, path)
     raw.validate(str(path))
     return raw
+
+
+#: attributes of members of raw/ that say where a number came from, carried to the new file
+_CARRIED = {"I0": ("units", "source"), "I1": ("units", "source"), "acquisition_time": ("units",)}
+
+
+def _carry_origins(raw: RawMap, path: Path) -> None:
+    """Keep what the old file says about its numbers' origin (energy, calibration, I0 units)."""
+    import h5py
+
+    from ...store import open_read
+
+    with open_read(path) as f:
+        g = f["raw"]
+        if raw.energy_keV is not None:
+            src = g.attrs.get("energy_source")
+            set_energy(raw, raw.energy_keV, str(src) if src is not None else f"layout file {path.name} raw@energy_keV")
+        if "dwell_s" in g.attrs:
+            raw.attrs["dwell_s"] = float(g.attrs["dwell_s"])
+        for name, ch in raw.channels.items():
+            if ch.calibration is not None:
+                src = g[name].attrs.get("calibration_source")
+                set_member_attrs(raw, name, calibration_source=str(src) if src is not None
+                                 else f"layout file {path.name} raw/{name}@calibration_keV")
+        for member, keys in _CARRIED.items():
+            obj = g.get(member)
+            if isinstance(obj, h5py.Dataset):
+                set_member_attrs(raw, member, **{k: str(obj.attrs[k]) for k in keys if k in obj.attrs})

@@ -38,6 +38,17 @@ Quantities stored
     ``InputCountRate``/``OutputCountRate`` scalers. Summed channels sum the elements' rates.
 ``mot1``, ``mot2``
     Readbacks of the first positioner of the row level (slow) and of the point level (fast).
+``raw@energy_keV``, ``raw@energy_source``
+    The excitation energy from the extra PVs (else the row-level detectors) named in :data:`ENERGY_PVS`,
+    in keV (the PV's unit ``keV``/``eV``; without one, eV above 200); e.g. ``ID02ds:Energy.VAL`` =
+    10.2975 keV in the 2-ID-E fly scan. ``energy_keV=`` given wins (a difference of more than 1 eV is
+    logged).
+``raw/channelXX@calibration_keV``, ``@calibration_source``
+    The MCA calibration PVs of the header (``mcaN.CALO/CALS/CALQ``): the EPICS MCA record's setting,
+    often 0.1-0.2 keV off the spectrum's own peaks; the source says so, for a later calibration step.
+``raw/I0@units``, ``raw@dwell_s``
+    ``"counts"`` for the fly-scan MCS channels, ``"counts/s"`` for step-scan scalers (rates), ``"mA"``
+    for the ring current; ``dwell_s`` the median real time per point (s).
 """
 from __future__ import annotations
 
@@ -50,6 +61,8 @@ from typing import Any
 import numpy as np
 
 from ._sniff import head_bytes
+from .provenance import (apply_given_energy, plausible_keV, set_energy, set_member_attrs,
+                         set_time_units, to_keV)
 from ...errors import InputError
 from ..mdafile import MdaFile, acquired_shape, level_arrays, read_mda
 from ..rawmap import RawChannel, RawMap
@@ -64,6 +77,11 @@ SCALER_ALIASES: dict[str, tuple[str, ...]] = {
     "DS_IC": ("*:scaler3_cts1.C", "*:mcs:mca3.VAL", "2idd:scaler1_cts1.B"),
     "SRCURRENT": ("S:SRcurrentAI", "S:SRcurrentAI.VAL"),
 }
+#: PVs recording the incident energy at APS XFM beamlines (fnmatch, case-insensitive), most trusted first:
+#: monochromator readbacks, then the undulator energies (2-ID: ``ID02ds`` fed the 2-ID-E mono in the
+#: example file, ``ID02us`` recorded beside it)
+ENERGY_PVS: tuple[str, ...] = ("*:DCMenergy*", "*:mono*energy*rbv*", "*:mono*energy*", "2xfm:Energy*", "*:Energy_RBV",
+                               "ID??ds:Energy.VAL", "ID??ds:Energy", "ID??us:Energy.VAL", "ID??us:Energy")
 #: fly-scan clock channel and its frequency (Hz)
 TIME_SCALER = ("*:mcs:mca1.VAL", 25e6)
 #: innermost levels at least this long, without positioner, are taken for MCA spectra
@@ -120,11 +138,29 @@ def find_spectra_file(mda_path: Path) -> Path | None:
     found: list[Path] = []
     for folder in folders:
         if folder.is_dir():
-            found.extend(sorted(p for p in folder.glob(f"{stem}_*.h5") if p.is_file()))
+            found.extend(sorted(p for p in folder.glob(f"{stem}_*.h5") if p.is_file() and not is_layout_file(p)))
     if len(found) > 1:
         raise InputError(f"several spectra files match this fly scan ({', '.join(map(str, found))}); "
                          "choose one with spectra=", path=mda_path)
     return found[0] if found else None
+
+
+def is_layout_file(path: Path) -> bool:
+    """True for a file xrfproc wrote (an output of ``convert``, never a spectra file to read).
+
+    Layout files carry the root attribute ``xrfproc_schema_version``, or (files of the original
+    xrf_proc) a ``raw`` group beside a ``cmd`` dataset; flyXRF spectra files have ``MAPS_RAW``.
+    A file that cannot be opened is not called a layout file (reading it then says why).
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "xrfproc_schema_version" in f.attrs:
+                return True
+            return "MAPS_RAW" not in f and isinstance(f.get("raw"), h5py.Group) and "cmd" in f
+    except Exception:  # locked, truncated, not HDF5: left to the reader's error
+        return False
 
 
 def _read_fly_h5(path: Path) -> dict[str, Any]:
@@ -211,10 +247,11 @@ def _cmd(m: MdaFile) -> str:
     return f"MDA scan {m.scan_number}: " + " / ".join(parts) + f" ({m.scan.time})"
 
 
-def _calibration(extra: dict[str, Any], elem: int | None) -> tuple[float, float, float] | None:
+def _calibration(extra: dict[str, Any], elem: int | None) -> tuple[tuple[float, float, float], str] | None:
+    """The header calibration ``(zero, gain, quad)`` (keV) of MCA element ``elem`` and the PVs it came from."""
     if elem is None:
         return None
-    vals = []
+    vals, keys = [], []
     for suffix in ("CALO", "CALS", "CALQ"):
         key = next((k for k in extra if k.endswith(f"mca{elem}.{suffix}")), None)
         if key is None:
@@ -223,7 +260,73 @@ def _calibration(extra: dict[str, Any], elem: int | None) -> tuple[float, float,
             vals.append(float(np.asarray(extra[key]).ravel()[0]))
         except (TypeError, ValueError, IndexError):
             return None
-    return vals[0], vals[1], vals[2]
+        keys.append(key)
+    source = f"MDA header PVs {keys[0]}/{keys[1].rsplit('.', 1)[-1]}/{keys[2].rsplit('.', 1)[-1]}"
+    return (vals[0], vals[1], vals[2]), source
+
+
+def _energy_candidates(m: MdaFile) -> list[tuple[str, float, str]]:
+    """``(PV, keV, where)`` of every PV matching :data:`ENERGY_PVS` with a plausible value, most trusted first.
+
+    Extra PVs first (the values at the start of the scan); a PV recorded only as a detector of the
+    row level counts with its mean over the rows acquired.
+    """
+    found: list[tuple[int, str, float, str]] = []
+    seen: set[str] = set()
+
+    def consider(name: str, unit: str, value: Any, where: str) -> None:
+        rank = next((i for i, pat in enumerate(ENERGY_PVS) if fnmatch.fnmatch(name.lower(), pat.lower())), None)
+        if rank is None or name in seen:
+            return
+        try:
+            arr = np.asarray(value, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            return
+        arr = arr[np.isfinite(arr) & (arr != 0)]
+        if not arr.size:
+            return
+        kev = to_keV(float(arr.mean()), unit)
+        if plausible_keV(kev):
+            seen.add(name)
+            found.append((rank, name, kev, where))
+
+    for name, _desc, unit, value in m.extra:
+        consider(name, unit, value, "MDA extra PV")
+    if m.rank >= 2:
+        for d in m.levels()[0].detectors:
+            consider(d.name, d.unit, d.data[: max(m.scan.cpt, 1)], "MDA row-level detector")
+    found.sort(key=lambda c: c[0])
+    return [(name, kev, where) for _, name, kev, where in found]
+
+
+def file_energy(m: MdaFile) -> tuple[float, str] | None:
+    """The excitation energy (keV) recorded in an MDA file and its source, e.g. ``"MDA extra PV ID02ds:Energy.VAL"``.
+
+    None when no PV of :data:`ENERGY_PVS` holds a plausible energy. Other candidates that disagree
+    with the one taken by more than 1 eV are logged.
+    """
+    cands = _energy_candidates(m)
+    if not cands:
+        return None
+    name, kev, where = cands[0]
+    others = [f"{n} = {e:g} keV" for n, e, _ in cands[1:] if abs(e - kev) > 1e-3]
+    if others:
+        log.info("%s: energy %g keV from %s; the file also records %s (give energy_keV= if the beam came "
+                 "from that one)", m.path, kev, name, ", ".join(others))
+    return kev, f"{where} {name}"
+
+
+def _i0_units(name: str | None, fly: bool) -> str | None:
+    """Units of the I0 scaler ``name``: MCS channels count per point, step-scan scalers are rates."""
+    if name is None:
+        return "1"
+    if fnmatch.fnmatchcase(name, "S:SRcurrentAI*"):
+        return "mA"
+    if fnmatch.fnmatchcase(name, "*:mcs:mca*"):
+        return "counts"
+    if not fly and re.search(r":scaler\d+_cts\d+\.[A-Z]$", name):
+        return "counts/s"
+    return None
 
 
 # --------------------------------------------------------------------------- reader
@@ -247,7 +350,8 @@ def read(source: str | Path, *, spectra: str | Path | None = None, elements: str
     strict : bool
         Raise instead of cropping when the MDA and spectra grids differ or the scan is incomplete.
     energy_keV : float, optional
-        Incident energy to record (MDA files usually lack the monochromator energy).
+        Incident energy (keV) to record instead of the file's (see :func:`file_energy`); a difference
+        of more than 1 eV is logged as a warning.
 
     Raises
     ------
@@ -387,6 +491,7 @@ def read(source: str | Path, *, spectra: str | Path | None = None, elements: str
         return np.sum(vals, axis=0)
 
     groups = [list(range(len(enums)))] if elements == "sum" else [[j] for j in range(len(enums))]
+    cal_sources: dict[str, str] = {}
     for ci, idx in enumerate(groups):
         spec = None
         for j in idx:  # summed element by element: never all elements in memory
@@ -398,7 +503,9 @@ def read(source: str | Path, *, spectra: str | Path | None = None, elements: str
             icr = ocr = np.ones(grid)
         cal = _calibration(extra, enums[idx[0]])
         chans[f"channel{ci:02d}"] = RawChannel(spec, np.asarray(icr, float)[:rows, :cols],
-                                               np.asarray(ocr, float)[:rows, :cols], cal)
+                                               np.asarray(ocr, float)[:rows, :cols], None if cal is None else cal[0])
+        if cal is not None:
+            cal_sources[f"channel{ci:02d}"] = cal[1]
 
     allidx = list(range(len(enums)))
     atime = combine("realtime", allidx)
@@ -437,8 +544,18 @@ def read(source: str | Path, *, spectra: str | Path | None = None, elements: str
         mot1_name = "row"
 
     raw = RawMap(channels=chans, I0=I0, acquisition_time=atime, mot1=mot1, mot2=mot2, cmd=_cmd(m),
-                 mot1_name=mot1_name, mot2_name=mot2_name, energy_keV=energy_keV, sources=sources,
+                 mot1_name=mot1_name, mot2_name=mot2_name, sources=sources,
                  attrs={"source_format": "APS MDA", "I0_source": names[k] if k is not None else "none"})
+    i0_name = names[k] if k is not None else None
+    set_member_attrs(raw, "I0", units=_i0_units(i0_name, fly=not spectral),
+                     source=i0_name or "none: no I0 scaler in the file (1 everywhere)")
+    for name, src in cal_sources.items():
+        set_member_attrs(raw, name, calibration_source=src)
+    set_time_units(raw)
+    recorded = file_energy(m)
+    if recorded is not None:
+        set_energy(raw, recorded[0], recorded[1])
+    apply_given_energy(raw, energy_keV, str(path))
     raw.validate(str(path))
     return raw
 

@@ -32,6 +32,7 @@ import numpy as np
 from ...errors import InputError
 from ..rawmap import RawChannel, RawMap
 from .lazy import H5Points, LazySpectra, SumPoints
+from .provenance import plausible_keV, set_energy, set_member_attrs, set_time_units, to_keV
 from .sorting import sort_points
 from .stitch import merge
 
@@ -424,11 +425,23 @@ def read_scan(scan_dir: str | Path, *, dims: Sequence[int] | None = None, mot1: 
 
     chans = {k: RawChannel(LazySpectra.grid(ch.spectra, tuple(grid), missing),  # type: ignore[arg-type]
                            shape(ch.icr), shape(ch.ocr)) for k, ch in channels.items()}
+    raw = RawMap(channels=chans, I0=shape(I0), acquisition_time=shape(t), mot1=shape(m1), mot2=shape(m2),
+                 I1=None if I1 is None else shape(I1), cmd=cmd, mot1_name=mot1_name, mot2_name=mot2_name,
+                 sources=[str(scan_dir)], attrs=attrs)
+    _record_units(raw, i0, i1 if I1 is not None else None, ctx)
+    return raw
+
+
+def _record_units(raw: RawMap, i0: str, i1: str | None, ctx: dict[str, Any]) -> None:
+    """Energy (``scan/data/energy``, eV above 200) with its source; I0/I1 units (ADC counts per point); dwell."""
     energy = ctx.get("energy")
-    return RawMap(channels=chans, I0=shape(I0), acquisition_time=shape(t), mot1=shape(m1), mot2=shape(m2),
-                  I1=None if I1 is None else shape(I1), cmd=cmd, mot1_name=mot1_name, mot2_name=mot2_name,
-                  energy_keV=None if energy is None else (energy / 1000.0 if energy > 200 else energy),
-                  sources=[str(scan_dir)], attrs=attrs)
+    if energy is not None and plausible_keV(to_keV(energy)):
+        context = Path(ctx["context"]).name if "context" in ctx else "the context file"
+        set_energy(raw, to_keV(energy), f"P06 {context} scan/data/energy")
+    set_member_attrs(raw, "I0", units="counts", source=f"adc_01 entry/data/{i0}")
+    if i1 is not None:
+        set_member_attrs(raw, "I1", units="counts", source=f"adc_01 entry/data/{i1}")
+    set_time_units(raw)
 
 
 def read(source: str | Path | Sequence[str | Path], *, dims: Sequence[int] | None = None, mot1: str | None = None,

@@ -28,6 +28,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..rawmap import RawChannel, RawMap
+from .provenance import set_calibration_source
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ def _read_spec(path: Path, scan: str | int | None, dims: Sequence[int] | None, e
                  mot1=np.array(mot1, dtype=float), mot2=np.array(mot2, dtype=float), I1=i1,
                  cmd=sel.command, mot1_name=m1 or "row", mot2_name=m2 or "column", sources=[str(path)],
                  attrs={"source_format": "SPEC (PyMca)", "scan": sel.key})
+    set_calibration_source(raw, f"SPEC #@CALIB of scan {sel.key} (PyMca)")
     return raw
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..rawmap import RawChannel, RawMap
+from .provenance import set_calibration_source, set_member_attrs, set_time_units
 
 log = logging.getLogger(__name__)
 
@@ -234,5 +235,8 @@ def read(source: str | Path | Sequence[str | Path], **_ignored: Any) -> RawMap:
                  cmd=f"spe {files[0].name}" + (f" ... ({len(files)} points)" if len(files) > 1 else ""),
                  mot1_name="y" if have_xyz else "row", mot2_name="x" if have_xyz else "column",
                  sources=[str(f) for f in files], attrs={"source_format": "spe"})
+    set_calibration_source(raw, f"spe $MCA_CAL: of {files[0].name}")
+    set_member_attrs(raw, "I0", units="1", source="none: .spe files record no beam monitor (1)")
+    set_time_units(raw)
     raw.validate(str(files[0]))
     return raw
