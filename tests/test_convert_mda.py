@@ -17,9 +17,9 @@ from xrfproc.core.mdafile import level_arrays, read_mda
 from xrfproc.errors import InputError
 from xrfproc.store.raw import write_raw
 from xrfproc.testing.mda_fixture import ScanSpec, write_mda, write_xfm_map
-from _shared import SHARED, CHECK_LAYOUT, PYTHON
+from _shared import CHECK_LAYOUT, PYTHON
 
-REAL = SHARED / "data" / "real"
+REAL = Path(__file__).resolve().parent / "data" / "real"  # copied into the repository
 MDA = REAL / "2xfm_0011.mda"
 H5 = REAL / "2xfm_0011_2xfm3__0.h5"
 CHECK = CHECK_LAYOUT
@@ -88,7 +88,12 @@ def test_real_fly_scan_converts(caplog, tmp_path):
     np.testing.assert_allclose(ch.icr, (ic / rt).sum(axis=0))
     np.testing.assert_allclose(ch.ocr, (oc / rt).sum(axis=0))
     np.testing.assert_allclose(raw.acquisition_time, rt.mean(axis=0))
-    assert ch.calibration == pytest.approx((0.05, 0.0094, 0.0))
+    # what is stored is the MDA header's MCA calibration (mca1.CALO/CALS/CALQ), 90-185 eV off the
+    # spectrum's own peaks: kept, and marked as the header's for a later calibration step
+    header_calibration = (0.05, 0.0094, 0.0)
+    assert ch.calibration == pytest.approx(header_calibration)
+    assert raw.attrs["member_attrs"]["channel00"]["calibration_source"] == (
+        "MDA header PVs dxpXMAP2xfm3:mca1.CALO/CALS/CALQ")
     # I0 = upstream ion chamber = MCS channel 2 (detector index 1), hand-parsed at a few pixels
     assert raw.attrs["I0_source"] == "2xfm:mcs:mca2.VAL"
     for row in (0, 5, 10):
@@ -113,7 +118,10 @@ def test_real_fly_scan_options(tmp_path):
     with h5py.File(H5, "r") as f:
         b = np.moveaxis(f["MAPS_RAW/data_b"][()], 0, -1)
     np.testing.assert_array_equal(sep.channels["channel01"].spectra, b)
-    assert sep.channels["channel01"].calibration == pytest.approx((0.0501, 0.0094, 0.0))
+    header_calibration_b = (0.0501, 0.0094, 0.0)  # the MDA header's mca2.CALO/CALS/CALQ
+    assert sep.channels["channel01"].calibration == pytest.approx(header_calibration_b)
+    assert sep.attrs["member_attrs"]["channel01"]["calibration_source"] == (
+        "MDA header PVs dxpXMAP2xfm3:mca2.CALO/CALS/CALQ")
     _, hdet = _hand_row_block(2)
     np.testing.assert_array_equal(sep.I0[2], hdet[2][:9])  # DS_IC = MCS channel 3
     by_pv = mda.read(MDA, i0="2xfm:mcs:mca3.VAL")
@@ -186,7 +194,9 @@ def test_synthetic_rank3_map(tmp_path):
     np.testing.assert_array_equal(raw.I0, sc["2xfm:scaler3_cts1.B"])
     np.testing.assert_allclose(raw.mot1, np.broadcast_to(y[:, None], (3, 4)))
     np.testing.assert_allclose(raw.mot2, np.broadcast_to(x, (3, 4)))
-    assert ch.calibration == pytest.approx((0.05, 0.0094, 0.0), abs=1e-12)
+    assert ch.calibration == pytest.approx((0.05, 0.0094, 0.0), abs=1e-12)  # the header's, as written
+    assert raw.attrs["member_attrs"]["channel00"]["calibration_source"].startswith("MDA header PVs ")
+    assert raw.attrs["member_attrs"]["I0"]["units"] == "counts/s"  # step-scan scalers are rates
     sep = mda.read(path, elements="separate", i0="DS_IC")
     np.testing.assert_array_equal(sep.channels["channel02"].spectra, spectra[:, :, 2])
     np.testing.assert_array_equal(sep.I0, sc["2xfm:scaler3_cts1.C"])

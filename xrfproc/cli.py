@@ -1,8 +1,8 @@
 """The ``xrfproc`` command: one-off steps and utilities.
 
     xrfproc inspect FILE.h5
-    xrfproc convert SOURCE [SOURCE ...] [-o OUT] [--kind KIND] [--compression gzip|lz4|blosc|none]
-                    [--option key=value ...]
+    xrfproc convert SOURCE [SOURCE ...] [-o OUT] [--kind KIND] [--energy KEV]
+                    [--compression gzip|lz4|blosc|none] [--option key=value ...]
     xrfproc simulate OUT.h5 [--rows R --cols C ...]
     xrfproc suggest FILE.h5 --energy 18 / xrfproc config FILE.h5 Fe Cu Zn --energy 18
     xrfproc fit FILE.h5 CFG [--mode fast|precise|engine]
@@ -59,8 +59,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     sources = args.source if len(args.source) > 1 else args.source[0]
-    out = api.convert(sources, out=args.output, kind=args.kind, compression=args.compression,
-                      **_options(args.option))
+    options = _options(args.option)
+    if args.energy is not None:
+        options["energy_keV"] = args.energy  # --energy wins over -O energy_keV=
+    out = api.convert(sources, out=args.output, kind=args.kind, compression=args.compression, **options)
     print(out)
     return 0
 
@@ -153,8 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="convert beamline files to the uniform layout")
     p.add_argument("source", nargs="+", help="file(s) or scan folder(s); several are merged")
-    p.add_argument("-o", "--output", help="file to write (default <source>_merge.h5)")
+    p.add_argument("-o", "--output", help="file to write (default <source stem>.h5 next to the source; "
+                                          "<first source stem>_merge.h5 when several scans are stitched)")
     p.add_argument("--kind", default="auto", help="format (default: detect)")
+    p.add_argument("--energy", type=float, metavar="KEV",
+                   help="excitation energy (keV) to record; default the one the file records (APS MDA extra PVs, "
+                        "GSE ENVIRONMENT mono energy, ID15/P06 energy datasets). Given, it wins; a difference "
+                        "of more than 1 eV from the file's is logged as a warning")
     p.add_argument("--compression", default="gzip", choices=["gzip", "lz4", "blosc", "none"],
                    help="of the raw spectra: gzip (level 4, readable everywhere; default), lz4 or blosc "
                         "(faster; reading needs the hdf5plugin filters), none")

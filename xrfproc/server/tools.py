@@ -196,9 +196,16 @@ async def convert(
                            Field("gzip", description="Compression of the raw spectra: gzip (level 4, readable "
                                                      "everywhere), lz4 or blosc (faster; reading needs the "
                                                      "hdf5plugin filters), none")] = "gzip",
+    energy_keV: Annotated[float | None,
+                          Field(None, gt=1.0, le=150.0,
+                                description="Excitation energy in keV to record. Default: the one the file "
+                                            "records (APS MDA extra PVs, GSE mono energy, ID15/P06 energy "
+                                            "datasets). Given, it wins over the file's; a difference of more "
+                                            "than 1 eV is logged as a warning")] = None,
 ) -> m.FileResult:
-    """Convert beamline data into a file of the uniform layout (raw spectra, I0, motors, ...);
-    default output <first source stem>_merge.h5 next to the source."""
+    """Convert beamline data into a file of the uniform layout (raw spectra, I0, motors, excitation
+    energy, ...); default output <source stem>.h5 next to the source (<first source stem>_merge.h5 when
+    several scans are stitched)."""
     def work(progress: Any) -> m.FileResult:
         srcs = [infile(ctx, s, "source") for s in source]
         for s in srcs:
@@ -211,6 +218,8 @@ async def convert(
             opts["dims"] = tuple(dims)
         if spectra is not None:
             opts["spectra"] = infile(ctx, spectra, "spectra")
+        if energy_keV is not None:
+            opts["energy_keV"] = energy_keV
         p = api.convert(srcs if len(srcs) > 1 else srcs[0], out=outfile(ctx, out), kind=kind,
                         compression=compression, **opts)
         return results.file_result(p, roots(ctx))
