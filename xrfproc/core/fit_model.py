@@ -20,10 +20,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import numba
 import numpy as np
 
 from xrfproc.errors import ConfigError
+from xrfproc.jit import numba  # numba configured by xrfproc (cache folder, compile message)
 
 __all__ = ["EngineModel", "build_model", "group_shapes", "NONLINEAR"]
 
@@ -191,7 +191,9 @@ def build_model(config: Mapping[str, Any], sum_spectrum: np.ndarray, nbins: int 
         hypermet=int(d["hypermet"]), tails=np.asarray(d["tails"], dtype=np.float64),
         line_group=np.asarray(grp, dtype=np.int64), line_rate=np.asarray(rate, dtype=np.float64),
         line_energy=np.asarray(ene, dtype=np.float64), line_escape=np.asarray(esc, dtype=np.bool_),
-        extra={"pymca_names": list(d["names"]), "pileup": pileup_settings(config)},
+        extra={"pymca_names": list(d["names"]), "pileup": pileup_settings(config),
+               # PyMca's statistics weight escape peaks by their fraction of the parent line
+               "line_stat_ratio": np.asarray([f for rows in d.get("escape_fractions", []) for f in rows], dtype=np.float64)},
     )
 
 

@@ -37,7 +37,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 #: bump when the content of the cached dict changes
-FORMAT = 1
+FORMAT = 2
 MEMORY_ENTRIES = 16
 DISK_ENTRIES = 200
 _memory: "OrderedDict[str, dict[str, Any]]" = OrderedDict()

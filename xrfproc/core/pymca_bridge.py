@@ -450,18 +450,23 @@ def engine_model_inputs(config: Mapping[str, Any], sum_spectrum: np.ndarray, *,
              for k in ("ST AreaR", "ST SlopeR", "LT AreaR", "LT SlopeR", "STEP HeightR")]
     escape = bool(th.ESCAPE)
     lines: list[list[tuple[float, float, bool]]] = []
+    escape_fractions: list[list[float]] = []  # per line: 1, or the escape peak's fraction of its parent
     for i in free_idx:
         if i < ng:
             lines.append([])
+            escape_fractions.append([])
             continue
         g = i - ng
         peaks = np.asarray(th.PEAKS0[g], dtype=np.float64)
         rows: list[tuple[float, float, bool]] = [(float(r), float(e), False) for r, e in peaks[:, :2]]
+        fractions = [1.0] * len(rows)
         if escape:
             for k, esc_group in enumerate(th.PEAKS0ESCAPE[g]):
                 for esc in esc_group:
                     rows.append((float(peaks[k, 0] * esc[1]), float(esc[0]), True))
+                    fractions.append(float(esc[1]))
         lines.append(rows)
+        escape_fractions.append(fractions)
     det = config2["detector"]
     bounds = {k: (bool(det.get("fixed" + k, 0)), float(det.get("delta" + k, 0.0)))
               for k in ("zero", "gain", "noise", "fano")}
@@ -476,4 +481,5 @@ def engine_model_inputs(config: Mapping[str, Any], sum_spectrum: np.ndarray, *,
         "weight_policy": int(policy), "weight": int(weight2),
         "zero": float(par[0]), "gain": float(par[1]), "noise": float(par[2]), "fano": float(par[3]),
         "hypermet": hyp, "tails": tails, "escape": escape, "lines": lines, "bounds": bounds,
+        "escape_fractions": escape_fractions,
     }
