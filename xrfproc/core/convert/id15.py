@@ -156,13 +156,19 @@ def _energy(f: h5py.File, scan: str) -> tuple[float, str] | None:
 
 
 def _record_units(raw: RawMap, f: h5py.File, scan: str, i0: str, i1: str | None, divided: bool,
-                  count_time: float | None) -> None:
-    """Energy with its source; I0/I1 units (counts per point, per mA when divided by the ring current); dwell."""
+                  correction: str | None, count_time: float | None) -> None:
+    """Energy with its source; I0/I1 units and origin; dwell (the title's count time, s).
+
+    I0 is in counts per point, per mA when divided by the ring current, and back in the correction
+    counter's counts when scaled to its mean (``i0_correction``).
+    """
     energy = _energy(f, scan)
     if energy is not None:
         set_energy(raw, *energy)
-    set_member_attrs(raw, "I0", units="counts/mA" if divided else "counts", source=f"{scan}/measurement/{i0}"
-                     + (" / instrument/machine/current" if divided else ""))
+    source = f"{scan}/measurement/{i0}" + (" / instrument/machine/current" if divided else "")
+    if correction:
+        source += f", scaled to the mean of the {scan.split('.')[0]}.2 counter {correction}"
+    set_member_attrs(raw, "I0", units="counts/mA" if divided and not correction else "counts", source=source)
     if i1 is not None:
         set_member_attrs(raw, "I1", units="counts", source=f"{scan}/measurement/{i1}")
     set_time_units(raw, dwell_s=count_time)
@@ -293,7 +299,7 @@ def read_scan(f: h5py.File, path: Path, scan: str, *, dims: Sequence[int] | None
                  I1=None if I1 is None else shape(I1), cmd=title, mot1_name=mot1_name, mot2_name=mot2_name,
                  sources=[f"{path}::{scan}"], attrs=attrs)
     count_time = parsed.get("count_time")
-    _record_units(raw, f, scan, i0, i1 if I1 is not None else None, current is not None and not i0_correction,
+    _record_units(raw, f, scan, i0, i1 if I1 is not None else None, current is not None, i0_correction,
                   None if count_time is None else float(count_time))
     return raw
 
