@@ -16,6 +16,7 @@ Method
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Sequence
@@ -53,12 +54,27 @@ def _fwhm_sigma(energy_keV: np.ndarray, noise: float, fano: float) -> np.ndarray
     return np.sqrt((noise / 2.3548) ** 2 + 0.00385 * fano * np.asarray(energy_keV))
 
 
+@functools.lru_cache(maxsize=1)
+def _escape_grid() -> tuple[np.ndarray, np.ndarray]:
+    from .simphysics import escape_fraction
+
+    e = np.geomspace(1.5, 120.0, 2000)
+    return e, escape_fraction(e)
+
+
+def _escape_fraction(energies: np.ndarray) -> np.ndarray:
+    """Si K escape probability of photons of ``energies`` (keV), interpolated on a cached grid (the
+    xraylib calls behind :func:`xrfproc.core.simphysics.escape_fraction` take ~10 ms each)."""
+    e, p = _escape_grid()
+    out = np.interp(energies, e, p)
+    out[np.asarray(energies) <= xraydata.edge_energy("Si", "K")] = 0.0
+    return out
+
+
 def _with_escape(energies: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lines plus their Si K escape peaks (Si detector): ``p`` of each line moves ``E(Si Ka)`` lower
     (:func:`xrfproc.core.simphysics.escape_fraction`, the model PyMca's escape peaks follow too)."""
-    from .simphysics import escape_fraction
-
-    p = escape_fraction(energies)
+    p = _escape_fraction(energies)
     e_esc = energies - xraydata.line_energy("Si", "KL3")
     ok = (p > 0) & (e_esc > 0)
     return (np.concatenate([energies, e_esc[ok]]),
