@@ -228,6 +228,7 @@ class SpectrumFitResult:
     statistics: np.ndarray | None
     chisq: float
     calibration: tuple[float, float]
+    resolution: tuple[float, float] = (float("nan"), float("nan"))
 
 
 class SpectrumFitter:
@@ -271,7 +272,8 @@ class SpectrumFitter:
         stats = np.array([res[g]["statistics"] for g in names], dtype=np.float64) if digest else None
         return SpectrumFitResult(names=names, fitarea=fitarea, sigmaarea=sigma, parameters=params,
                                  statistics=stats, chisq=float(th.chisq),
-                                 calibration=(float(th.fittedpar[0]), float(th.fittedpar[1])))
+                                 calibration=(float(th.fittedpar[0]), float(th.fittedpar[1])),
+                                 resolution=(float(th.fittedpar[2]), float(th.fittedpar[3])))
 
 
 def full_fit(y: np.ndarray, config: Mapping[str, Any]) -> SpectrumFitResult:

@@ -30,6 +30,7 @@ from ..errors import ConfigError, InputError, LayoutError, XrfError
 from ..progress import ProgressCallback, report
 from ..scheduler import get_runner
 from ..store import blocks as blocks_store
+from . import fit_plan
 
 log = logging.getLogger(__name__)
 
@@ -43,29 +44,26 @@ INLINE_BYTES = 64 << 20
 
 
 # --------------------------------------------------------------------------- engine hook
-def _engine_block(spectra: np.ndarray, config: Mapping[str, Any], ysum: np.ndarray, *, state: dict[str, Any],
-                  nspectra: int, weight: int | None = None, **options: Any) -> core_fit.BlockResult:
+def _engine_block(spectra: np.ndarray, model: Any, *, state: dict[str, Any], **options: Any) -> core_fit.BlockResult:
     """Adapter to our own fit engine (:mod:`xrfproc.core.fit_engine`), imported lazily.
 
-    The engine model is built once per channel (``fit_model.build_model(config, ysum, nbins,
-    nspectra=, weight=)``, kept in ``state``) and each block goes through
+    ``model`` is the channel's per-pixel model (:func:`xrfproc.steps.fit_plan.sum_fit_plan`: the
+    sum fit's calibration, background columns and weights); each block goes through
     ``fit_engine.fit_block(model, spectra, **options)`` (options such as ``refine=True``), whose
     result has ``names``, ``areas``/``stddev`` ``(npix, ncols)``, ``chi2_red`` and ``failed``.
     """
     try:
-        from ..core import fit_engine, fit_model  # lazy on purpose: the engine is optional
+        from ..core import fit_engine  # lazy on purpose: the engine is optional
     except ImportError as exc:
         raise InputError(f"mode='engine' is not available: xrfproc.core.fit_engine cannot be imported ({exc}); "
                          "use mode='fast' or mode='precise'") from None
-    if not hasattr(fit_engine, "fit_block") or not hasattr(fit_model, "build_model"):
+    if not hasattr(fit_engine, "fit_block"):
         raise InputError("mode='engine' is not available: xrfproc.core.fit_engine has no fit_block(); "
                          "use mode='fast' or mode='precise'")
     from ..core.pymca_bridge import rename_group
 
     data, bad = core_fit.check_spectra(spectra, native=True)
-    if "model" not in state:
-        state["model"] = fit_model.build_model(config, ysum, data.shape[1], nspectra=nspectra, weight=weight)
-    out = fit_engine.fit_block(state["model"], data, **options)
+    out = fit_engine.fit_block(model, data, **options)
     names = [rename_group(str(n)) for n in out.names]
     areas = np.array(out.areas, dtype=np.float64).T
     sigma = np.array(out.stddev, dtype=np.float64).T
@@ -142,13 +140,16 @@ def _worker_state(cfg_text: str, mode: str, nbins: int, sumspec: np.ndarray, npi
 def fit_rows(path: str, channel: str, rows: tuple[int, int], mode: str, cfg_text: str, sumspec: np.ndarray,
              group_names: Sequence[str], npix: int, weight: int | None = None, refit: bool = True,
              chi2: bool = True, options: Mapping[str, Any] | None = None, delay: float = 0.0,
-             io_threads: int = 0) -> dict[str, Any]:
+             io_threads: int = 0, model: Any = None, var_unit: np.ndarray | None = None,
+             window: tuple[int, int] | None = None, mean_counts: float = 0.0) -> dict[str, Any]:
     """Fit the rows ``rows`` of ``raw/<channel>/spectra``: the task every scheduler runs.
 
     Reads its block from the file itself (workers only need the path on a shared file system),
     inflating gzip chunks on ``io_threads`` threads (0: one per core).
     Returns ``names`` (str array), ``areas``/``sigma`` ``(nlines, n)``, ``chi2``/``failed`` ``(n,)`` and
-    ``invalid`` (spectra with non-finite counts), all without dead-time correction.
+    ``invalid`` (spectra with non-finite counts), all without dead-time correction. With
+    ``var_unit`` (per-line variance of a pixel with ``mean_counts`` counts in ``window``, fixed
+    weights) the uncertainties are the Poisson ones of each pixel's counts.
     """
     where = f"raw/{channel}/spectra"
     with store.open_read(path) as f:
@@ -163,10 +164,15 @@ def fit_rows(path: str, channel: str, rows: tuple[int, int], mode: str, cfg_text
         res = core_fit.fast_fit_block(flat, state["config"], sumspec, weight=weight, refit=refit, with_chi2=chi2,
                                       where=where)
     elif mode == "engine":
-        res = _engine_block(flat, state["config"], sumspec, state=state, nspectra=npix, weight=weight,
-                            **dict(options or {}))
+        res = _engine_block(flat, model, state=state, **dict(options or {}))
     else:
         res = core_fit.precise_fit_block(flat, cfg_text, scheduler="sync", where=where)
+    if var_unit is not None and window is not None and mean_counts > 0 and len(var_unit) == len(res.names):
+        i0, i1 = window
+        share = np.nansum(np.asarray(flat[:, i0:i1], dtype=np.float64), axis=1) / mean_counts
+        sigma = np.sqrt(np.asarray(var_unit, dtype=np.float64)[:, None] * share[None, :])
+        sigma[:, np.asarray(res.failed, dtype=bool)] = np.nan
+        res.sigma = sigma
     if delay:
         time.sleep(delay)
     return {"names": np.array(res.names, dtype=str), "areas": np.asarray(res.areas, dtype=np.float64),
@@ -190,9 +196,11 @@ class _Plan:
     sumfit: core_fit.SumFit
     icr: np.ndarray
     ocr: np.ndarray
+    sp: fit_plan.SumPlan
 
 
-def _plan_channel(path: Path, c: str, shape: tuple[int, ...], cfg: fitconfig.FitConfig, per_block: int) -> _Plan:
+def _plan_channel(path: Path, c: str, shape: tuple[int, ...], cfg: fitconfig.FitConfig, per_block: int, *,
+                  mode: str, weight: Any, background: str, sum_fit: str) -> _Plan:
     grid, nbins = tuple(shape[:-1]), int(shape[-1])
     npix = int(np.prod(grid))
     with store.open_read(path) as f:
@@ -204,17 +212,19 @@ def _plan_channel(path: Path, c: str, shape: tuple[int, ...], cfg: fitconfig.Fit
         sumspec = np.zeros(nbins)
         for _, block in store.iter_spectra_blocks(path, c):
             sumspec += np.nansum(np.asarray(block, dtype=np.float64).reshape(-1, nbins), axis=0)
-    sumfit = core_fit.fit_sum_spectrum(sumspec, cfg.config, where=f"raw/{c}/sumspec")
+    sp = fit_plan.sum_fit_plan(sumspec, cfg, mode=mode, npix=npix, channel=c, weight=weight, background=background,
+                               sum_fit=sum_fit)
     nrows = grid[0] if grid else 1
     per_row = int(np.prod(grid[1:])) if len(grid) > 1 else 1
     rpb = max(1, per_block // per_row)
     blocks = [(s, min(nrows, s + rpb)) for s in range(0, nrows, rpb)]
-    return _Plan(c, grid, nbins, npix, per_row, rpb, blocks, sumspec, sumfit, icr.reshape(grid or (1,)),
-                 ocr.reshape(grid or (1,)))
+    return _Plan(c, grid, nbins, npix, per_row, rpb, blocks, sumspec, sp.sumfit, icr.reshape(grid or (1,)),
+                 ocr.reshape(grid or (1,)), sp)
 
 
 def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast", *,
-        progress: ProgressCallback | None = None, weight: int | None = None, refit: bool = True,
+        progress: ProgressCallback | None = None, weight: int | str | None = None, refit: bool = True,
+        background: str = "sum", sum_fit: str = "engine",
         deadtime: bool = True, chi2: bool = True, n_workers: int | None = None, scheduler: Any = None,
         block_spectra: int | None = None, resume: bool = False, inline_limit: int = INLINE_BYTES,
         block_delay: float = 0.0, **options: Any) -> dict[str, Any]:
@@ -239,8 +249,22 @@ def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast"
         fit of every pixel; ``engine``: xrfproc's own fit engine.
     progress : callable(done, total, message), optional
         Progress in spectra fitted over all channels (as blocks complete, on any scheduler).
-    weight, refit
-        Fast mode: PyMca's weight policy (None: as the configuration says) and refit of negative areas.
+    weight : {None, "sum", 0, 1, 2}
+        Weights of the per-pixel fits. None (default): weights that do not depend on the pixel's own
+        counts, so that areas are unbiased at any count rate: ``1 / mean spectrum`` in engine mode,
+        PyMca's average weights (policy 1) in fast mode, unweighted in precise mode; the one-sigma
+        maps are then each pixel's Poisson uncertainty. 0, 1, 2: PyMca's policies (2: each
+        channel weighted by the pixel's own counts, biased low at a few thousand counts per spectrum).
+    refit
+        Fast mode: PyMca's refit of negative areas.
+    background : {"sum", "snip"}
+        Engine mode: ``"sum"`` (default) fits each pixel's continuum as the sum spectrum's SNIP
+        background scaled by a linear function (two linear parameters), so the per-pixel areas add
+        up to the sum-spectrum fit at any count rate; ``"snip"``: each pixel's own SNIP background,
+        as PyMca's fast fit (biased high where a spectrum has a few counts per channel).
+    sum_fit : {"engine", "pymca"}
+        Who fits the sum spectrum (areas, background under the lines, calibration and resolution
+        that every pixel then uses): the engine (milliseconds) or PyMca's full fit (seconds).
     deadtime : bool
         Multiply areas and uncertainties by ICR/OCR per pixel (sums by sum(ICR)/sum(OCR));
         pixels with OCR 0 are missing (NaN) and counted.
@@ -303,9 +327,11 @@ def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast"
     per_block = int(block_spectra or (PRECISE_BLOCK_SPECTRA if mode == "precise" else BLOCK_SPECTRA))
     if per_block < 1:
         raise InputError(f"block_spectra must be >= 1, got {block_spectra}", path=path)
-    plans = {c: _plan_channel(path, c, shapes[c], cfgs[c], per_block) for c in chans}
+    plans = {c: _plan_channel(path, c, shapes[c], cfgs[c], per_block, mode=mode, weight=weight, background=background,
+                              sum_fit=sum_fit) for c in chans}
 
-    key_doc = {"format": 1, "mode": mode, "weight": weight, "refit": refit, "chi2": bool(chi2),
+    key_doc = {"format": 2, "mode": mode, "weight": weight, "refit": refit, "chi2": bool(chi2),
+               "background": background, "sum_fit": sum_fit,
                "options": options if mode == "engine" else {}, "block_spectra": per_block,
                "channels": {c: {"cfg": hashlib.sha256(cfgs[c].text.encode()).hexdigest(),
                                 "raw": blocks_store.raw_identity(path, f"raw/{c}/spectra")} for c in chans}}
@@ -334,8 +360,10 @@ def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast"
     def args(item: tuple[str, int]) -> tuple:
         c, b = item
         p = plans[c]
-        return (str(path.resolve()), c, p.blocks[b], mode, cfgs[c].text, p.sumspec, p.sumfit.names, p.npix, weight,
-                refit, chi2, options if mode == "engine" else {}, block_delay, io_threads)
+        sp = p.sp
+        return (str(path.resolve()), c, p.blocks[b], mode, sp.cfg_text, p.sumspec, p.sumfit.names, p.npix, sp.weight,
+                refit, chi2, options if mode == "engine" else {}, block_delay, io_threads, sp.model, sp.var_unit,
+                sp.window, sp.mean_counts)
 
     try:
         with runner:
@@ -389,14 +417,34 @@ def _write(path: Path, plans: dict[str, _Plan], cfgs: dict[str, fitconfig.FitCon
                 store.write_array(sg, "stddev", sf.sigma * factor)
                 sg.attrs["chisq"] = sf.chisq
                 sg.attrs["calibration_keV"] = np.asarray(sf.calibration)
+                sp = p.sp
+                sg.attrs["theta"] = sp.theta
+                sg.attrs["theta_config"] = sp.theta_config
+                sg.attrs["theta_names"] = "zero keV, gain keV/channel, noise keV FWHM, Fano"
+                sg.attrs["calibration_shift_eV"] = sp.shift_eV
+                sg.attrs["calibration_shift_line"] = sp.line
+                ch = summary["channels"][c]
+                ratios, off = fit_plan.sum_rule(sp.params, np.asarray(ch.pop("pixel_sum")), names)
+                store.write_array(g, "sum_rule", np.array([ratios.get(n, np.nan) for n in names]))
+                g["sum_rule"].attrs["meaning"] = ("per-pixel areas summed / sum-spectrum area, for lines holding "
+                                                  ">= 2 % of the fluorescence (NaN: below)")
                 g.attrs["mode"] = mode
                 g.attrs["deadtime_corrected"] = int(bool(deadtime))
                 g.attrs["failed_pixels"] = summary["channels"][c]["failed"]
                 g.attrs["units"] = "counts (fitted peak areas)"
                 g.attrs["scheduler"] = str(ran_on["scheduler"])
                 g.attrs["workers"] = int(ran_on["workers"])
-                ch = summary["channels"][c]
-                ch["warnings"] = list(cfgs[c].warnings) + ch["warnings"]
+                ch["warnings"] = list(cfgs[c].warnings) + list(sp.warnings) + ch["warnings"]
+                ch["sum_rule"] = ratios
+                ch["calibration"] = {"zero_keV": float(sp.theta[0]), "gain_keV": float(sp.theta[1]),
+                                     "noise_keV": float(sp.theta[2]), "fano": float(sp.theta[3]),
+                                     "config_zero_keV": float(sp.theta_config[0]),
+                                     "config_gain_keV": float(sp.theta_config[1]),
+                                     "shift_eV": float(sp.shift_eV), "line": sp.line}
+                if off:
+                    ch["warnings"].append(f"{c}: sum rule broken: per-pixel areas summed / sum-spectrum area = "
+                                          + ", ".join(f"{n} {ratios[n]:.3f}" for n in off)
+                                          + " (expected 1 +- 0.05): the per-pixel fits are biased")
                 if sf.names != names:
                     ch["warnings"].append(f"{c}: sum-spectrum groups {sf.names} differ from the map groups {names}")
                 ch["sum_int"] = dict(zip(names, map(float, sf.int * factor)))
@@ -413,12 +461,14 @@ def _write_channel(p: _Plan, names: list[str], partial: blocks_store.PartialResu
     maps = blocks_store.create_maps(target, len(names), ims_grid, p.rows_per_block)
     stats = blocks_store.LineStats(names, p.npix)
     failed = invalid = missing = 0
+    pixel_sum = np.zeros(len(names))
     for b, (r0, r1) in enumerate(p.blocks):
         res = partial.load(c, b)
         if [str(n) for n in res["names"]] != names:
             raise InputError(f"block {b} of {c} was fitted with the groups {list(res['names'])}, block 0 with {names}; "
                              "rerun without resume", path=partial.path)
         areas, sigma, chi = res["areas"], res["sigma"], res["chi2"]
+        pixel_sum += np.nansum(areas, axis=1)
         if deadtime:
             factor, miss = deadtime_factor(p.icr[r0:r1].reshape(-1), p.ocr[r0:r1].reshape(-1))
             areas = areas * factor[None]
@@ -440,4 +490,5 @@ def _write_channel(p: _Plan, names: list[str], partial: blocks_store.PartialResu
     if missing:
         warnings.append(f"{c}: {missing} pixels have OCR 0 or no valid ICR/OCR: treated as missing (NaN)")
     return {"names": names, "shape": [len(names), *ims_grid], "lines": stats.lines(), "failed": failed,
-            "invalid": invalid, "deadtime_missing": missing, "chi2_median": stats.chi2_median(), "warnings": warnings}
+            "invalid": invalid, "deadtime_missing": missing, "chi2_median": stats.chi2_median(), "warnings": warnings,
+            "pixel_sum": pixel_sum.tolist()}
