@@ -25,11 +25,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from xrfproc.core.nnls import nnls_ws
 from xrfproc.core.snip import _sg_coeffs, load_chunk, snip_chunk
+from xrfproc.jit import numba  # numba configured by xrfproc (cache folder, compile message)
 
 __all__ = ["CHUNK", "SparseModel", "sparse_model", "fit_chunks"]
 

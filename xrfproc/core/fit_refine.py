@@ -33,12 +33,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import numba
 import numpy as np
 
 from xrfproc.core.fit_model import EngineModel, shapes_kernel
 from xrfproc.core.nnls import _chol_solve_subset
 from xrfproc.errors import ConfigError
+from xrfproc.jit import numba  # numba configured by xrfproc (cache folder, compile message)
 
 __all__ = ["refine_block", "pileup_settings", "pileup"]
 

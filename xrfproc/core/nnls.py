@@ -11,8 +11,9 @@ The inverse of ``G`` restricted to the final passive set gives the covariance of
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from xrfproc.jit import numba  # numba configured by xrfproc (cache folder, compile message)
 
 __all__ = ["nnls_gram"]
 

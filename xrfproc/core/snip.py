@@ -16,8 +16,9 @@ as follows (``_fitBkgSubtract``):
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from xrfproc.jit import numba  # numba configured by xrfproc (cache folder, compile message)
 
 __all__ = ["snip_background", "snip1d", "savitzky_golay"]
 
