@@ -11,6 +11,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
+	$(VENV)/bin/xrfproc warmup  # compile the numba kernels once per machine (~/.cache/xrfproc/numba)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -11,6 +11,7 @@
     xrfproc image FILE.h5 [norm|quant|...] [--pixel-um 2 --scale-um 20]
     xrfproc report FILE.h5 [-o OUT.html]
     xrfproc demo [FOLDER]
+    xrfproc warmup
 
 User mistakes print one line (``xrfproc: error: <file>:<dataset>: <what was expected>``) and exit with
 status 2, without a traceback. Results go to stdout; logging and progress bars to stderr.
@@ -142,6 +143,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_warmup(args: argparse.Namespace) -> int:
+    from .jit import summary, warmup
+
+    print(summary(warmup()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xrfproc", description="Synchrotron XRF map processing.")
     parser.add_argument("--version", action="version", version=f"xrfproc {__version__}")
@@ -252,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", nargs="?", default="demo_output")
     p.add_argument("--mode", choices=["fast", "precise", "engine"], default="fast", help="fit mode of the sample map")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("warmup", help="compile the fit engine's numba kernels into the user's cache "
+                                      "(~/.cache/xrfproc/numba; `make install` runs it)")
+    p.set_defaults(func=cmd_warmup)
     return parser
 
 

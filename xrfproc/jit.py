@@ -28,12 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["numba", "cache_dir", "default_cache_dir", "warmup", "COMPILE_SECONDS"]
+__all__ = ["numba", "cache_dir", "default_cache_dir", "warmup", "summary"]
 
 log = logging.getLogger(__name__)
-
-#: what a cold compilation of every kernel takes (``python -m xrfproc.jit`` on the 2-core dev machine)
-COMPILE_SECONDS = 90
 
 _OFF = ("", "off", "0", "no", "none")
 
@@ -111,9 +108,11 @@ class _CompileListener(_event.Listener):
         self._t0 = time.perf_counter()
         if not self.announced:
             self.announced = True
-            log.warning("compiling the fit engine's numba kernels (first use on this machine or after an "
-                        "update: up to about %d s, once; cached in %s; `xrfproc warmup` compiles them all ahead)",
-                        COMPILE_SECONDS, _shown(cache_dir()))
+            # times measured on the 2-core development machine (fit kernel ~30 s, refine ~25 s per
+            # spectra dtype; `python -m xrfproc.jit` 4.5-5.5 min for all)
+            log.warning("compiling the fit engine's numba kernels (first use on this machine or after an update: "
+                        "30-60 s per kernel, once; cached in %s; `xrfproc warmup` compiles all of them ahead, "
+                        "about 5 min)", _shown(cache_dir()))
         log.info("compiling %s%s", name, tuple(event.data.get("args", ())))
 
     def on_end(self, event: Any) -> None:
