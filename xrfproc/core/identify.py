@@ -20,7 +20,9 @@ Method
 4. The energy calibration (zero, gain) and the electronic noise are refined on the first
    selection (+-60 eV, +-2 %), and the selection is repeated with them.
 5. Each element retained must show its pattern: where a sub-group of a family (Kb, the L2 or L1
-   lines) is expected at >= 3 sigma, its free fit must reach ``0.25`` of the expected area.
+   lines) is expected at >= 3 sigma, its free fit must reach ``0.25`` of the expected area; an L or
+   M reading of an element not in :data:`COMMON_L` / :data:`COMMON_M` must have such a testable
+   sub-group. An element must also hold half of the line model at one of its main lines.
 6. Significant residual peaks (outside the scatter region) are reported as unexplained.
 """
 from __future__ import annotations
@@ -42,9 +44,9 @@ from .suggest import DEFAULT_CANDIDATES, _fwhm_sigma, _subgroups, _template
 log = logging.getLogger(__name__)
 
 #: elements whose K lines are commonly seen (rock, soil, biology, alloys, air); other K readings pay more
-COMMON_K = frozenset("Na Mg Al Si P S Cl Ar K Ca Ti V Cr Mn Fe Co Ni Cu Zn Ga As Se Br Rb Sr Y Zr Nb Mo".split())
+COMMON_K = frozenset("Na Mg Al Si P S Cl Ar K Ca Ti V Cr Mn Fe Co Ni Cu Zn As Se Br Rb Sr Y Zr Nb Mo".split())
 #: elements whose L lines are commonly seen
-COMMON_L = frozenset("Mo Ru Rh Pd Ag Cd Sn Sb Te I Cs Ba La Ce Nd Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Th U".split())
+COMMON_L = frozenset("Mo Ru Rh Pd Ag Cd Sn Sb Te I Cs Ba La Ce Nd W Re Os Ir Pt Au Hg Tl Pb Bi Th U".split())
 #: elements whose M lines are commonly seen
 COMMON_M = frozenset("W Pt Au Hg Pb Bi Th U".split())
 #: air: reported with kind "air"
@@ -194,7 +196,13 @@ def _scatter_columns(ctx: _Ctx) -> np.ndarray:
     for beta in (0.3, 1.0):  # incomplete charge collection / multiple scattering below the scatter peaks
         tail = np.where(e < e0, np.exp(np.clip((e - e0) / beta, -50, 0)), 0.0)
         cols.append(gaussian_filter1d(tail, 2.0))
-    return np.array([c for c in cols if c.max() > 0])
+    # what SNIP leaves of the continuum: broad bumps (4x the resolution, >= 0.2 keV sigma), not lines
+    c = float(e[0])
+    while c < ctx.scatter_lo:
+        sb = max(0.2, 4.0 * float(_fwhm_sigma(c, ctx.noise, ctx.fano)))
+        cols.append(np.exp(-0.5 * ((e - c) / sb) ** 2))
+        c += 1.5 * sb
+    return np.array([c / c.sum() for c in cols if c.max() > 0])
 
 
 def _pileup_column(net: np.ndarray, cal: Sequence[float], first: int, n: int) -> np.ndarray:
@@ -216,11 +224,15 @@ def _fit(cols: np.ndarray, b: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, fl
     return a, float(rn * rn)
 
 
-def _penalty(sym: str, reading: str, k_min: float) -> float:
+def _penalty(sym: str, reading: str, k_min: float, k_excited: bool = True) -> float:
+    """Chi-square penalty of an element read by its ``reading`` family; an L reading of an element whose
+    K lines are not excited (or out of the window) is its natural one and pays as a K reading does."""
+    if reading == "L" and not k_excited and sym in COMMON_L:
+        return k_min * k_min
     if reading == "K":
         k = k_min if sym in COMMON_K else k_min + 1.5
     elif reading == "L":
-        k = k_min + 1.0 if sym in COMMON_L else k_min + 4.0
+        k = k_min + 1.0 if sym in COMMON_L else k_min + 6.0
     else:
         k = k_min + 3.0 if sym in COMMON_M else k_min + 6.0
     return k * k
@@ -229,9 +241,9 @@ def _penalty(sym: str, reading: str, k_min: float) -> float:
 class _Selector:
     """Penalised forward / backward selection of element column groups over fixed columns."""
 
-    def __init__(self, fixed: np.ndarray, groups: dict[str, dict[str, np.ndarray]], b: np.ndarray, y: np.ndarray,
-                 systematic: float, k_min: float):
-        self.fixed, self.groups, self.b, self.y = fixed, groups, b, y
+    def __init__(self, ctx: _Ctx, fixed: np.ndarray, groups: dict[str, dict[str, np.ndarray]], b: np.ndarray,
+                 y: np.ndarray, systematic: float, k_min: float):
+        self.ctx, self.fixed, self.groups, self.b, self.y = ctx, fixed, groups, b, y
         self.var0 = np.maximum(y, 1.0)
         self.f, self.k_min = systematic, k_min
         self.w = 1.0 / np.sqrt(self.var0)
@@ -270,11 +282,29 @@ class _Selector:
         r2 = ((self.b - a @ cols) * self.w) ** 2
         return max(1.0, float(u @ r2 / u.sum()))
 
+    def dominant(self, sym: str, a: np.ndarray, cols: np.ndarray, labels: list[tuple[str, str]]) -> bool:
+        """Does ``sym`` hold >= half of the line and pile-up model at one of its main lines (>= 10 % of
+        a family)? A reading hidden under another element's peak is no evidence."""
+        nf = len(self.fixed)
+        lines_model = a[nf - 1:] @ cols[nf - 1:]
+        own = sum(a[i] * cols[i] for i, (m, _) in enumerate(labels) if m == sym)
+        if not np.ndim(own):
+            return False
+        for fam in self.groups[sym]:
+            _, en, w = _lines(sym, fam, self.ctx.energy_keV, self.ctx.emin)
+            for E in en[w >= 0.1]:
+                i = int(np.argmin(np.abs(self.ctx.e - E)))
+                if lines_model[i] > 0 and own[i] >= 0.5 * lines_model[i]:
+                    return True
+        return False
+
     def score(self, sym: str, members: Sequence[str], chi2_without: float) -> float:
         """Penalised, locally scaled chi-square gain of ``sym`` within ``members`` (which hold it)."""
         a, chi2, cols, labels = self.fit(list(members))
+        if not self.dominant(sym, a, cols, labels):
+            return -np.inf
         gain = (chi2_without - chi2) / self.local_scale(sym, a, cols)
-        return gain - _penalty(sym, self.reading(sym, a, cols, labels), self.k_min)
+        return gain - _penalty(sym, self.reading(sym, a, cols, labels), self.k_min, "K" in self.groups[sym])
 
     def forward(self, members: list[str], candidates: Sequence[str], n_exact: int = 6) -> list[str]:
         rejected: set[str] = set()
@@ -292,11 +322,12 @@ class _Selector:
                     p = float(cw @ r)
                     gains[fam] = p * p / float(cw @ cw) if p > 0 else 0.0
                 reading = max(gains, key=gains.get)
-                scores.append((sum(gains.values()) - _penalty(s, reading, self.k_min), s))
+                pen = _penalty(s, reading, self.k_min, "K" in self.groups[s])
+                scores.append((sum(gains.values()) - pen, pen, s))
             scores.sort(reverse=True)
             best, best_s = 0.0, None
-            for sc, s in scores[:n_exact]:
-                if sc <= 0:
+            for sc, pen, s in scores[:n_exact]:
+                if sc <= -0.5 * pen:  # the projection is only an estimate of the gain: look a little further
                     break
                 gain = self.score(s, members + [s], chi2)
                 if gain > best:
@@ -323,11 +354,42 @@ class _Selector:
             members = [m for m in members if m != worst_s]
         return members
 
+    def swap(self, members: list[str], candidates: Sequence[str], max_score: float = 400.0) -> list[str]:
+        """Replace a weakly needed member by a non-member reading the same peaks if that scores better
+        (S K against Mo L at 2.3 keV: the forward order must not decide)."""
+        for s in list(members):
+            if s not in members:
+                continue
+            self.reweight(members)
+            rest = [m for m in members if m != s]
+            _, chi2_wo, _, _ = self.fit(rest)
+            own = self.score(s, members, chi2_wo)
+            if own > max_score:
+                continue
+            us = sum(self.groups[s].values())
+            best, best_c = own, None
+            for c in candidates:
+                if c in members:
+                    continue
+                uc = sum(self.groups[c].values())
+                if float(us @ uc) < 0.3 * np.sqrt(float(us @ us) * float(uc @ uc)):
+                    continue
+                sc = self.score(c, rest + [c], chi2_wo)
+                if sc > best:
+                    best, best_c = sc, c
+            if best_c is not None:
+                log.debug("swap: %s -> %s (%.1f -> %.1f)", s, best_c, own, best)
+                members = rest + [best_c]
+        return members
+
     def select(self, candidates: Sequence[str]) -> list[str]:
-        tier1 = [s for s in candidates if s in COMMON_K and "K" in self.groups[s]]
+        # first the elements read at the lowest penalty: K lines of common elements, L lines of common
+        # heavy elements whose K lines are not excited
+        tier1 = [s for s in candidates if (s in COMMON_K and "K" in self.groups[s])
+                 or (s in COMMON_L and "K" not in self.groups[s] and "L" in self.groups[s])]
         members = self.forward([], tier1)
         members = self.forward(members, list(candidates))
-        return self.backward(members)
+        return self.backward(self.swap(self.backward(members), candidates))
 
 
 # --------------------------------------------------------------------------- the steps
@@ -354,6 +416,21 @@ def _prepare(spectrum: np.ndarray, calibration: Sequence[float], energy_keV: flo
         raise InputError(f"only {n_in} channels between {emin_keV} keV and the excitation energy: "
                          "check the calibration and the energy")
     return y, cal
+
+
+def _auto_emin(y: np.ndarray, cal: Sequence[float], energy_keV: float, emin: float) -> float:
+    """Raise ``emin`` above an empty low-energy part (a filter or a thick absorber): to where the
+    smoothed counts first reach a quarter of their median in the window, plus 0.3 keV of rising edge."""
+    ch = np.arange(y.size)
+    e = cal[0] + cal[1] * ch + cal[2] * ch ** 2
+    win = (e >= emin) & (e <= energy_keV)
+    sm = gaussian_filter1d(y, 5.0)
+    med = float(np.median(sm[win]))
+    idx = np.flatnonzero(win & (sm >= 0.25 * med))
+    if idx.size and e[idx[0]] > emin + 0.2:
+        log.info("identify: no counts below %.2f keV: lines below %.2f keV ignored", e[idx[0]], e[idx[0]] + 0.3)
+        return float(e[idx[0]] + 0.3)
+    return emin
 
 
 def _context(y: np.ndarray, cal: Sequence[float], energy_keV: float, emin: float, noise: float,
@@ -456,7 +533,9 @@ def identify_elements(spectrum: np.ndarray, calibration: Sequence[float], energy
                       noise: float = 0.1, fano: float = 0.114, candidates: Sequence[str] | None = None,
                       emin_keV: float = 1.0, snipwidth: int = 30, min_significance: float = 5.0,
                       systematic: float = 0.03, refine: bool = True, unexplained_sigma: float = 5.0,
-                      instrument: Sequence[str] = ()) -> Identification:
+                      instrument: Sequence[str] = (), min_fraction: float | None = None,
+                      trace_fraction: float | None = None, trace_sigma: float | None = None,
+                      min_local: float | None = None, escape: bool = True) -> Identification:
     """Identify the elements of a spectrum from their line patterns (see the module docstring).
 
     Parameters
@@ -488,6 +567,11 @@ def identify_elements(spectrum: np.ndarray, calibration: Sequence[float], energy
         Elements of the detector or beamline (collimator, window, contacts): reported with kind
         ``"instrument"``.
 
+    min_fraction, trace_fraction, trace_sigma, min_local, escape
+        Options of the former NNLS-share method (:func:`xrfproc.core.suggest.score_elements`),
+        accepted so callers of ``suggest_elements_spectrum`` keep working; not used (escape peaks are
+        always modelled).
+
     Returns
     -------
     Identification
@@ -499,11 +583,12 @@ def identify_elements(spectrum: np.ndarray, calibration: Sequence[float], energy
         or fewer than 16 channels between ``emin_keV`` and the excitation energy.
     """
     y, cal = _prepare(spectrum, calibration, energy_keV, emin_keV)
+    emin_keV = _auto_emin(y, cal, energy_keV, emin_keV)
     cands = [xraydata.symbol(c) for c in (candidates or DEFAULT_CANDIDATES)]
     instr = {xraydata.symbol(c) for c in instrument}
     net = y - snip1d(y, snipwidth)
     ctx, sl, fixed, groups = _build(y, net, cal, energy_keV, emin_keV, noise, fano, cands)
-    sel = _Selector(fixed, groups, net[sl], y[sl], systematic, min_significance)
+    sel = _Selector(ctx, fixed, groups, net[sl], y[sl], systematic, min_significance)
     members = sel.select([c for c in cands if c in groups])
     if refine:
         a, _, cols, labels = sel.fit(members)
@@ -514,12 +599,19 @@ def identify_elements(spectrum: np.ndarray, calibration: Sequence[float], energy
         w_full[sl] = sel.w
         cal, noise = _refine(y, net, cal, energy_keV, emin_keV, noise, fano, top, w_full)
         ctx, sl, fixed, groups = _build(y, net, cal, energy_keV, emin_keV, noise, fano, cands)
-        sel = _Selector(fixed, groups, net[sl], y[sl], systematic, min_significance)
+        sel = _Selector(ctx, fixed, groups, net[sl], y[sl], systematic, min_significance)
         members = sel.select([c for c in cands if c in groups])
     # pattern: each sub-group expected at >= 3 sigma must be there
     while True:
         sel.reweight(members)
-        failed = [s for s in members if any(v < 0.25 for v in _pattern(sel, members, ctx, s).values())]
+        a, _, cols, labels = sel.fit(members)
+        failed = []
+        for s in members:
+            pat = _pattern(sel, members, ctx, s)
+            reading = sel.reading(s, a, cols, labels)
+            rare = (reading == "L" and s not in COMMON_L) or (reading == "M" and s not in COMMON_M)
+            if any(v < 0.25 for v in pat.values()) or (rare and not pat):  # a rare reading must show its pattern
+                failed.append(s)
         if not failed:
             break
         log.info("identify: %s dropped: line pattern incomplete", ", ".join(failed))
