@@ -25,7 +25,7 @@ from .steps.tomo import tomo
 log = logging.getLogger(__name__)
 
 __all__ = ["convert", "inspect", "simulate", "simulate_reference", "demo_dataset", "fit", "normalise", "detlim",
-           "read_cnc", "write_cnc", "Cnc", "make_config", "suggest_elements", "converter_kinds",
+           "read_cnc", "write_cnc", "Cnc", "make_config", "suggest_elements", "calibrate", "converter_kinds",
            "kmeans", "pca", "overview_images", "tomo", "quantify", "div_by_cnc", "correlation_plot", "report"]
 
 
@@ -120,15 +120,29 @@ def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast"
     return _fit(h5file, config, channel=channel, mode=mode, **options)
 
 
-def make_config(h5file: str | Path, elements: Sequence[str], energy_keV: float, **options: Any) -> Path:
-    """Write a PyMca ``.cfg`` for ``elements`` at ``energy_keV`` without a GUI; returns its path."""
+def make_config(h5file: str | Path, elements: Sequence[str], energy_keV: float | None = None, **options: Any) -> Path:
+    """Write a PyMca ``.cfg`` for ``elements`` without a GUI, calibrated from the spectrum; returns its path.
+
+    The energy defaults to the one the file records (``raw@energy_keV``).
+    """
     from .steps.configure import make_config as _make
 
     return _make(h5file, elements, energy_keV, **options)
 
 
-def suggest_elements(h5file: str | Path, energy_keV: float, channel: str | None = None) -> list[str]:
-    """Elements whose lines are found in the sum spectrum of ``h5file`` (symbols)."""
+def suggest_elements(h5file: str | Path, energy_keV: float | None = None, channel: str | None = None,
+                     evidence: bool = False, **options: Any) -> Any:
+    """Elements whose line patterns are found in the sum spectrum of ``h5file`` (symbols, or the
+    :class:`~xrfproc.core.identify.Identification` with evidence when ``evidence=True``)."""
     from .steps.configure import suggest_elements as _suggest
 
-    return _suggest(h5file, energy_keV, channel=channel)
+    return _suggest(h5file, energy_keV, channel=channel, evidence=evidence, **options)
+
+
+def calibrate(h5file: str | Path, energy_keV: float | None = None, channel: str | None = None,
+              **options: Any) -> dict[str, Any]:
+    """Energy calibration and resolution of each channel from its own sum spectrum; writes ``calib/``
+    (see :func:`xrfproc.steps.calibrate.calibrate`)."""
+    from .steps.calibrate import calibrate as _calibrate
+
+    return _calibrate(h5file, energy_keV, channel, **options)

@@ -121,7 +121,27 @@ def cmd_image(args: argparse.Namespace) -> int:
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
-    print(" ".join(api.suggest_elements(args.file, args.energy, channel=args.channel)))
+    if not args.evidence:
+        print(" ".join(api.suggest_elements(args.file, args.energy, channel=args.channel)))
+        return 0
+    ident = api.suggest_elements(args.file, args.energy, channel=args.channel, evidence=True)
+    print(f"{'element':8s} {'kind':10s} {'reading':7s} {'net counts':>11s} {'sigma':>7s}  peaks explained (keV)")
+    for e in ident.elements:
+        area = e.area.get(e.reading, float("nan"))
+        peaks = ", ".join(f"{p.energy_keV:.2f}" for p in e.peaks)
+        print(f"{e.element:8s} {e.kind:10s} {e.reading:7s} {area:11.0f} {e.significance:7.1f}  {peaks}")
+    for p in ident.unexplained:
+        print(f"unexplained peak at {p.energy_keV:.3f} keV: {p.net_counts:.0f} counts ({p.significance:.1f} sigma)")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    res = api.calibrate(args.file, args.energy, channel=args.channel)
+    print(f"{'channel':10s} {'zero eV':>9s} {'gain eV/ch':>11s} {'noise eV':>9s} {'Fano':>6s} {'stored off':>11s}  method")
+    for c, r in res["channels"].items():
+        off = "" if r["shift_eV"] is None else f"{r['shift_eV']:+.0f} eV"
+        print(f"{c:10s} {1e3 * r['zero_keV']:9.1f} {1e3 * r['gain_keV']:11.4f} {1e3 * r['noise_keV']:9.0f} "
+              f"{r['fano']:6.3f} {off:>11s}  {r['method']}")
     return 0
 
 
@@ -186,16 +206,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_simulate)
 
+    p = sub.add_parser("calibrate", help="energy calibration and resolution from each channel's sum spectrum "
+                                         "(writes calib/)")
+    p.add_argument("file")
+    p.add_argument("--energy", type=float, help="excitation energy (keV; default: the one the file records)")
+    p.add_argument("--channel", help="one detector channel (default all)")
+    p.set_defaults(func=cmd_calibrate)
+
     p = sub.add_parser("suggest", help="elements found in the sum spectrum")
     p.add_argument("file")
-    p.add_argument("--energy", type=float, required=True, help="excitation energy (keV)")
-    p.add_argument("--channel")
+    p.add_argument("--energy", type=float, help="excitation energy (keV; default: the one the file records)")
+    p.add_argument("--channel", help="detector channel (default the first)")
+    p.add_argument("--evidence", action="store_true", help="print the evidence per element and the unexplained peaks")
     p.set_defaults(func=cmd_suggest)
 
     p = sub.add_parser("config", help="write a PyMca fit configuration for the given elements")
     p.add_argument("file")
     p.add_argument("elements", nargs="+", help="element symbols")
-    p.add_argument("--energy", type=float, required=True, help="excitation energy (keV)")
+    p.add_argument("--energy", type=float, help="excitation energy (keV; default: the one the file records)")
     p.add_argument("--option", "-O", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_config)
 

@@ -208,6 +208,14 @@ def excited_families(element: str, energy_keV: float, emin_keV: float = 1.0) -> 
     return out
 
 
+def strongest_line_keV(element: str, energy_keV: float, emin_keV: float = 1.0) -> float:
+    """Energy (keV) of the strongest line of the first family :func:`excited_families` fits (NaN if none)."""
+    for fam in excited_families(element, energy_keV, emin_keV):
+        group = xraydata.line_group(element, fam)
+        return float(group.energies[int(np.argmax(group.rates))])
+    return float("nan")
+
+
 # --------------------------------------------------------------------------- calibration
 def estimate_calibration(spectrum: np.ndarray, lines_keV: Sequence[float], weights: Sequence[float] | None = None,
                          gain_range: tuple[float, float] = (0.002, 0.05), zero_range: tuple[float, float] = (-0.5, 0.5),

@@ -91,6 +91,16 @@ class ElementsResult(BaseModel):
     channel: str | None
     energy_keV: float | None
     elements: list[str] = Field(description="Element symbols found, strongest first")
+    evidence: list[dict] = Field(default_factory=list, description="Per element: kind (sample/air/instrument), "
+                                 "family read, net counts, significance (sigma), peaks explained (keV)")
+    unexplained: list[dict] = Field(default_factory=list, description="Significant peaks no element explains")
+
+
+class CalibrationResult(BaseModel):
+    file: str
+    channels: dict[str, dict] = Field(description="Per channel: zero_keV, gain_keV, noise_keV, fano, energy_keV, "
+                                      "stored_keV (what the file recorded), shift_eV (how far that reads the "
+                                      "strongest line), elements, method, warnings")
 
 
 class ConfigResult(BaseModel):

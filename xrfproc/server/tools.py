@@ -114,8 +114,30 @@ async def suggest_elements(ctx: Context, h5file: H5File, energy_keV: Energy = No
     first): the starting point for make_config."""
     def work(progress: Any) -> m.ElementsResult:
         p = h5(ctx, h5file)
-        els = api.suggest_elements(p, energy_keV, channel=channel)
-        return m.ElementsResult(file=roots(ctx).display(p), channel=channel, energy_keV=energy_keV, elements=list(els))
+        ident = api.suggest_elements(p, energy_keV, channel=channel, evidence=True)
+        evidence = [{"element": e.element, "kind": e.kind, "reading": e.reading,
+                     "net_counts": round(float(e.area.get(e.reading, float("nan"))), 1),
+                     "significance": round(float(e.significance), 1),
+                     "peaks_keV": [round(float(q.energy_keV), 3) for q in e.peaks]} for e in ident.elements]
+        unexplained = [{"energy_keV": round(float(q.energy_keV), 3), "net_counts": round(float(q.net_counts), 1),
+                        "significance": round(float(q.significance), 1)} for q in ident.unexplained]
+        return m.ElementsResult(file=roots(ctx).display(p), channel=channel, energy_keV=energy_keV,
+                                elements=list(ident.names), evidence=evidence, unexplained=unexplained)
+    return await run_step(ctx, work)
+
+
+@tool()
+async def calibrate(ctx: Context, h5file: H5File, energy_keV: Energy = None,
+                    channel: Channel = None) -> m.CalibrationResult:
+    """Energy calibration (zero, gain) and resolution (noise, Fano) of each detector channel from its own sum
+    spectrum; writes calib/ which suggest_elements and make_config then use. Reports how far the calibration
+    the file recorded is off."""
+    def work(progress: Any) -> m.CalibrationResult:
+        p = h5(ctx, h5file)
+        res = api.calibrate(p, energy_keV, channel=channel)
+        chans = {c: {k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items() if k != "peaks"}
+                 for c, r in res["channels"].items()}
+        return m.CalibrationResult(file=roots(ctx).display(p), channels=chans)
     return await run_step(ctx, work)
 
 

@@ -7,54 +7,74 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import store
-from ..core import fitconfig, suggest, xraydata
+from ..core import fitconfig, sumfit, xraydata
+from . import calibrate as calibrate_step
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
 
-def _sum_and_calibration(h5file: str | Path, channel: str | int | None) -> tuple[str, np.ndarray, tuple | None, float | None]:
+def spectrum_calibration(h5file: str | Path, channel: str | int | None = None,
+                         energy_keV: float | None = None) -> tuple[str, np.ndarray, dict[str, Any]]:
+    """Sum spectrum of a channel with the calibration a fit should use and the excitation energy.
+
+    The calibration is, in order: ``calib/channelXX`` (written by :func:`xrfproc.steps.calibrate.calibrate`),
+    else one computed from the spectrum now (not written). The converter's stored calibration is
+    only a prior (an APS MDA header's is 90-185 eV off the spectrum's own). The energy is
+    ``energy_keV``, else ``raw@energy_keV``.
+
+    Returns
+    -------
+    (channel name, sum spectrum, info) with info keys ``zero_keV``, ``gain_keV``, ``noise_keV``,
+    ``fano``, ``energy_keV`` (None when unknown) and ``elements`` (those the calibration saw).
+    """
     path = Path(h5file)
-    with store.open_read(path) as f:
-        chans = store.channels(f, "raw")
-        if not chans:
-            raise InputError("no detector channel raw/channelXX", path=path, dataset="raw")
-        if channel is None:
-            c = chans[0]
-        else:
-            c = f"channel{int(channel):02d}" if str(channel).isdigit() else str(channel)
-        if c not in chans:
-            raise InputError(f"no detector channel '{c}' (the file has {', '.join(chans)})", path=path,
-                             dataset=f"raw/{c}")
-        g = f[f"raw/{c}"]
-        if "sumspec" in g:
-            y = np.asarray(g["sumspec"][()], dtype=np.float64)
-        else:
-            y = np.zeros(g["spectra"].shape[-1])
-            for _, block in store.iter_spectra_blocks(path, c):
-                y += np.nansum(np.asarray(block, dtype=np.float64).reshape(-1, y.size), axis=0)
-        cal = g.attrs.get("calibration_keV")
-        energy = f["raw"].attrs.get("energy_keV")
-    return c, y, (None if cal is None else tuple(float(v) for v in cal)), (None if energy is None else float(energy))
+    c, y, info = calibrate_step.read_channel(path, channel)
+    energy = energy_keV if energy_keV is not None else info["energy_keV"]
+    calib = info["calib"]
+    if calib is not None:
+        cal = {k: float(calib[k]) for k in ("zero_keV", "gain_keV", "noise_keV", "fano")}
+        cal["elements"] = [e for e in str(calib.get("elements", "")).split(",") if e]
+        cal["scatter_ok"] = bool(calib.get("scatter_ok", 1))
+    else:
+        r = calibrate_step.calibrate_spectrum(y, energy, stored=info["stored"], npix=info["npix"],
+                                              where=f"{path.name}: raw/{c}/sumspec")
+        cal = {k: r[k] for k in ("zero_keV", "gain_keV", "noise_keV", "fano", "elements", "scatter_ok")}
+        log.info("%s: calibration from the sum spectrum (%s): zero %.1f eV, gain %.4f eV/channel", c, r["method"],
+                 1e3 * r["zero_keV"], 1e3 * r["gain_keV"])
+    cal["energy_keV"] = energy
+    return c, y, cal
+
+
+def _energy(energy: float | None, path: Path) -> float:
+    if energy is None:
+        raise InputError("no excitation energy: give energy_keV (the file records none in raw@energy_keV)",
+                         path=path)
+    return float(energy)
 
 
 def suggest_elements(h5file: str | Path, energy_keV: float | None = None, channel: str | int | None = None,
-                     **options: Any) -> list[str]:
-    """Elements present in the sum spectrum of ``raw/channelXX`` (see
-    :func:`xrfproc.core.suggest.suggest_elements_spectrum` for the method and the threshold options).
+                     evidence: bool = False, **options: Any) -> Any:
+    """Elements present in the sum spectrum of ``raw/channelXX``, with evidence on request.
 
-    The energy calibration is ``raw/channelXX`` attribute ``calibration_keV`` (or ``calibration=``).
+    The calibration and resolution are those of :func:`spectrum_calibration` (``calibration=``
+    overrides the calibration); the energy is ``energy_keV`` or the file's. See
+    :func:`xrfproc.core.identify.identify_elements` for the method.
+
+    Returns
+    -------
+    list of str, or :class:`xrfproc.core.identify.Identification` when ``evidence``.
     """
-    c, y, cal, e_file = _sum_and_calibration(h5file, channel)
-    energy = energy_keV if energy_keV is not None else e_file
-    if energy is None:
-        raise InputError("no excitation energy: give energy_keV (the file has no raw@energy_keV)", path=h5file)
-    cal = options.pop("calibration", None) or cal
-    if cal is None:
-        raise InputError(f"raw/{c} has no energy calibration (attribute calibration_keV): give calibration=(zero, gain)",
-                         path=h5file)
-    return suggest.suggest_elements_spectrum(y, cal, float(energy), **options)
+    from ..core import identify
+
+    path = Path(h5file)
+    c, y, cal = spectrum_calibration(path, channel, energy_keV)
+    energy = _energy(cal["energy_keV"], path)
+    calibration = options.pop("calibration", None) or (cal["zero_keV"], cal["gain_keV"])
+    options.setdefault("noise", cal["noise_keV"])
+    options.setdefault("fano", cal["fano"])
+    result = identify.identify_elements(y, calibration, energy, **options)
+    return result if evidence else result.names
 
 
 def make_config(h5file: str | Path, elements: Sequence[str] | dict, energy_keV: float | None = None, *,
@@ -62,9 +82,10 @@ def make_config(h5file: str | Path, elements: Sequence[str] | dict, energy_keV: 
                 calibration: tuple[float, float] | None = None, **options: Any) -> Path:
     """Write a PyMca ``.cfg`` for the spectra of a layout file (see :func:`xrfproc.core.fitconfig.make_config`).
 
-    The energy calibration is, in order: ``calibration=``, the channel's ``calibration_keV``
-    attribute, or an estimate from the sum spectrum (the strongest line of each element and the
-    Rayleigh peak placed on the spectrum's peaks). The number of channels comes from the spectra.
+    The energy calibration and resolution are, in order: ``calibration=`` (and ``noise=``/``fano=``),
+    ``calib/channelXX`` (:func:`xrfproc.steps.calibrate.calibrate`), or a calibration of the sum
+    spectrum made now (its peaks, then the engine's fit). The energy is ``energy_keV`` or the file's
+    ``raw@energy_keV``. The number of channels comes from the spectra.
 
     Returns
     -------
@@ -72,24 +93,21 @@ def make_config(h5file: str | Path, elements: Sequence[str] | dict, energy_keV: 
         The ``.cfg`` written (default ``<file stem>_<channel>.cfg`` next to the file).
     """
     path = Path(h5file)
-    c, y, cal, e_file = _sum_and_calibration(path, channel)
-    energy = energy_keV if energy_keV is not None else e_file
-    if energy is None:
-        raise InputError("no excitation energy: give energy_keV (the file has no raw@energy_keV)", path=path)
+    c, y, cal = spectrum_calibration(path, channel, energy_keV)
+    energy = _energy(cal["energy_keV"], path)
     if calibration is None:
-        calibration = cal[:2] if cal is not None else None
-    if calibration is None:
-        lines, weights = [float(energy)], [1.0]
-        for el in (elements if not isinstance(elements, dict) else list(elements)):
-            for fam in fitconfig.excited_families(el, float(energy)):
-                g = xraydata.line_group(el, fam)
-                lines.append(float(g.energies[int(np.argmax(g.rates))]))
-                weights.append(2.0)
-                break
-        calibration = fitconfig.estimate_calibration(y, lines, weights)
-        log.info("%s: energy calibration estimated from the sum spectrum: zero %.4f keV, gain %.6f keV/channel",
-                 c, *calibration)
+        calibration = (cal["zero_keV"], cal["gain_keV"])
+        options.setdefault("noise", cal["noise_keV"])
+        options.setdefault("fano", cal["fano"])
+    if "emax_keV" not in options and not cal.get("scatter_ok", True):
+        # no clean scatter peak to model: end the window below the Compton peaks when the lines allow
+        emax = xraydata.compton_energy(energy, np.pi) - 2.5 * float(sumfit.fwhm_keV(energy, cal["noise_keV"], cal["fano"]))
+        strongest = [fitconfig.strongest_line_keV(el, energy) for el in
+                     (elements if not isinstance(elements, dict) else list(elements))]
+        if all(e < emax - 0.2 for e in strongest if e == e):
+            options["emax_keV"] = emax
+            log.info("%s: no clean elastic peak: fit window ends at %.2f keV, below the scatter peaks", c, emax)
     if out is None:
         out = path.with_name(f"{path.stem}_{c}.cfg")
-    return fitconfig.make_config(out, elements, float(energy), nbins=int(y.size), zero=float(calibration[0]),
+    return fitconfig.make_config(out, elements, energy, nbins=int(y.size), zero=float(calibration[0]),
                                  gain=float(calibration[1]), **options)

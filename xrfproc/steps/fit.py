@@ -200,7 +200,7 @@ class _Plan:
 
 
 def _plan_channel(path: Path, c: str, shape: tuple[int, ...], cfg: fitconfig.FitConfig, per_block: int, *,
-                  mode: str, weight: Any, background: str, sum_fit: str) -> _Plan:
+                  mode: str, weight: Any, background: str, sum_fit: str, calibration: str) -> _Plan:
     grid, nbins = tuple(shape[:-1]), int(shape[-1])
     npix = int(np.prod(grid))
     with store.open_read(path) as f:
@@ -213,7 +213,7 @@ def _plan_channel(path: Path, c: str, shape: tuple[int, ...], cfg: fitconfig.Fit
         for _, block in store.iter_spectra_blocks(path, c):
             sumspec += np.nansum(np.asarray(block, dtype=np.float64).reshape(-1, nbins), axis=0)
     sp = fit_plan.sum_fit_plan(sumspec, cfg, mode=mode, npix=npix, channel=c, weight=weight, background=background,
-                               sum_fit=sum_fit)
+                               sum_fit=sum_fit, calibration=calibration)
     nrows = grid[0] if grid else 1
     per_row = int(np.prod(grid[1:])) if len(grid) > 1 else 1
     rpb = max(1, per_block // per_row)
@@ -224,7 +224,7 @@ def _plan_channel(path: Path, c: str, shape: tuple[int, ...], cfg: fitconfig.Fit
 
 def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast", *,
         progress: ProgressCallback | None = None, weight: int | str | None = None, refit: bool = True,
-        background: str = "sum", sum_fit: str = "engine",
+        background: str = "sum", sum_fit: str = "engine", calibration: str = "sum",
         deadtime: bool = True, chi2: bool = True, n_workers: int | None = None, scheduler: Any = None,
         block_spectra: int | None = None, resume: bool = False, inline_limit: int = INLINE_BYTES,
         block_delay: float = 0.0, **options: Any) -> dict[str, Any]:
@@ -265,6 +265,10 @@ def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast"
     sum_fit : {"engine", "pymca"}
         Who fits the sum spectrum (areas, background under the lines, calibration and resolution
         that every pixel then uses): the engine (milliseconds) or PyMca's full fit (seconds).
+    calibration : {"sum", "config"}
+        Calibration and resolution of the per-pixel fits: those the sum-spectrum fit found
+        (default) or the configuration's as written (PyMca's own behaviour; the shift is still
+        measured and warned about past a quarter of the FWHM).
     deadtime : bool
         Multiply areas and uncertainties by ICR/OCR per pixel (sums by sum(ICR)/sum(OCR));
         pixels with OCR 0 are missing (NaN) and counted.
@@ -328,10 +332,10 @@ def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast"
     if per_block < 1:
         raise InputError(f"block_spectra must be >= 1, got {block_spectra}", path=path)
     plans = {c: _plan_channel(path, c, shapes[c], cfgs[c], per_block, mode=mode, weight=weight, background=background,
-                              sum_fit=sum_fit) for c in chans}
+                              sum_fit=sum_fit, calibration=calibration) for c in chans}
 
     key_doc = {"format": 2, "mode": mode, "weight": weight, "refit": refit, "chi2": bool(chi2),
-               "background": background, "sum_fit": sum_fit,
+               "background": background, "sum_fit": sum_fit, "calibration": calibration,
                "options": options if mode == "engine" else {}, "block_spectra": per_block,
                "channels": {c: {"cfg": hashlib.sha256(cfgs[c].text.encode()).hexdigest(),
                                 "raw": blocks_store.raw_identity(path, f"raw/{c}/spectra")} for c in chans}}

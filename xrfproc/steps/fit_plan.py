@@ -93,8 +93,12 @@ def with_detector(config: dict[str, Any], theta: np.ndarray, *, fix: bool = Fals
     return cfg
 
 
+CALIBRATIONS = ("sum", "config")
+
+
 def sum_fit_plan(sumspec: np.ndarray, cfg: fitconfig.FitConfig, *, mode: str, npix: int, channel: str,
-                 weight: int | str | None = None, background: str = "sum", sum_fit: str = "engine") -> SumPlan:
+                 weight: int | str | None = None, background: str = "sum", sum_fit: str = "engine",
+                 calibration: str = "sum") -> SumPlan:
     """Fit the sum spectrum of one channel and set up its per-pixel fits (see the module docstring).
 
     Raises
@@ -109,6 +113,8 @@ def sum_fit_plan(sumspec: np.ndarray, cfg: fitconfig.FitConfig, *, mode: str, np
         raise InputError(f"sum_fit {sum_fit!r} must be one of {', '.join(SUM_FITS)}")
     if weight not in WEIGHT_CHOICES:
         raise InputError(f"weight {weight!r} must be one of None, 'sum', 0, 1, 2")
+    if calibration not in CALIBRATIONS:
+        raise InputError(f"calibration {calibration!r} must be one of {', '.join(CALIBRATIONS)}")
     if background not in sumfit.BACKGROUNDS:
         raise InputError(f"background {background!r} must be one of {', '.join(sumfit.BACKGROUNDS)}")
     y = np.asarray(sumspec, dtype=np.float64)
@@ -146,7 +152,8 @@ def sum_fit_plan(sumspec: np.ndarray, cfg: fitconfig.FitConfig, *, mode: str, np
                    var_unit=None, window=(0, y.size), mean_counts=float(y.sum()) / max(npix, 1),
                    weight=None, theta=np.asarray(theta, dtype=np.float64), theta_config=theta_cfg, warnings=warnings)
     _check_shift(plan, model, sr, channel)
-    _pixel_setup(plan, model, sr, y, npix, mode=mode, weight=weight, background=background)
+    _pixel_setup(plan, model, sr, y, npix, mode=mode, weight=weight, background=background,
+                 theta=plan.theta if calibration == "sum" else theta_cfg)
     return plan
 
 
@@ -178,15 +185,15 @@ def _check_shift(plan: SumPlan, model: Any, sr: sumfit.SumResult | None, channel
 
 
 def _pixel_setup(plan: SumPlan, model: Any, sr: sumfit.SumResult | None, y: np.ndarray, npix: int, *, mode: str,
-                 weight: int | str | None, background: str) -> None:
-    """The per-pixel configuration/model at the sum fit's calibration, and the unit variances."""
-    theta = plan.theta
+                 weight: int | str | None, background: str, theta: np.ndarray) -> None:
+    """The per-pixel configuration/model at calibration ``theta``, and the unit variances."""
     if mode == "engine":
         if model is None:
             raise ConfigError("mode='engine' needs the SNIP background and no fit strategy in the configuration")
         base = sr.model if sr is not None else model
         w = "sum" if weight in (None, "sum") else {0: "none", 1: "config", 2: "pixel"}[int(weight)]  # type: ignore[index]
-        pm = sumfit.pixel_model(base, y, npix, theta=None if sr is not None else theta,
+        same = sr is not None and np.array_equal(theta, sr.theta)
+        pm = sumfit.pixel_model(base, y, npix, theta=None if same else theta,
                                 background=background if sr is not None else "snip", weights=w)
         plan.model = pm
         if pm.weight_policy != 2:
