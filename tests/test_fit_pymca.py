@@ -92,7 +92,8 @@ def test_fast_fit_writes_the_layout(fitted):
 def test_fast_maps_equal_pymca_direct(tmp_path):
     cfg = snip_cfg(tmp_path)
     h5 = make_map(tmp_path / "m.h5", rows=5, cols=7, seed=3)
-    fit(h5, cfg, deadtime=False)
+    # PyMca's own behaviour: the configuration's calibration and weights (Steel.cfg: fitweight -> policy 2)
+    fit(h5, cfg, deadtime=False, calibration="config", weight=2)
     with h5py.File(h5, "r") as f:
         spectra = f["raw/channel00/spectra"][()].reshape(-1, 2048).astype(np.float64)
         ysum = f["raw/channel00/sumspec"][()]
