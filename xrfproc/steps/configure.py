@@ -40,6 +40,16 @@ def spectrum_calibration(h5file: str | Path, channel: str | int | None = None,
         r = calibrate_step.calibrate_spectrum(y, energy, stored=info["stored"], npix=info["npix"],
                                               where=f"{path.name}: raw/{c}/sumspec")
         cal = {k: r[k] for k in ("zero_keV", "gain_keV", "noise_keV", "fano", "elements", "scatter_ok")}
+        stored = info["stored"]
+        shift, line = calibrate_step._stored_shift(r, stored)
+        if stored is not None and shift is not None:
+            tol = 250.0 * float(sumfit.fwhm_keV(line, r["noise_keV"], r["fano"]))  # a quarter of the FWHM, eV
+            if abs(shift) <= tol:
+                # the peaks confirm the recorded calibration: keep it (and the default resolution)
+                cal.update(zero_keV=float(stored[0]), gain_keV=float(stored[1]), confirmed=True)
+            else:
+                log.warning("%s: %s: the recorded calibration reads %.3f keV %+.0f eV off; the spectrum's own "
+                            "calibration is used (run calibrate to store it)", path.name, c, line, shift)
         log.info("%s: calibration from the sum spectrum (%s): zero %.1f eV, gain %.4f eV/channel", c, r["method"],
                  1e3 * r["zero_keV"], 1e3 * r["gain_keV"])
     cal["energy_keV"] = energy
@@ -97,8 +107,9 @@ def make_config(h5file: str | Path, elements: Sequence[str] | dict, energy_keV: 
     energy = _energy(cal["energy_keV"], path)
     if calibration is None:
         calibration = (cal["zero_keV"], cal["gain_keV"])
-        options.setdefault("noise", cal["noise_keV"])
-        options.setdefault("fano", cal["fano"])
+        if not cal.get("confirmed"):
+            options.setdefault("noise", cal["noise_keV"])
+            options.setdefault("fano", cal["fano"])
     if "emax_keV" not in options and not cal.get("scatter_ok", True):
         # no clean scatter peak to model: end the window below the Compton peaks when the lines allow
         emax = xraydata.compton_energy(energy, np.pi) - 2.5 * float(sumfit.fwhm_keV(energy, cal["noise_keV"], cal["fano"]))

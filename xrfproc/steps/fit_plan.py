@@ -10,7 +10,7 @@ of the FWHM there) and every per-pixel fit uses it:
   continuum columns (``background="sum"``) and weights from the mean spectrum (``weight="sum"``);
 - fast (PyMca's ``FastXRFLinearFit``): the configuration with the fitted zero, gain, noise and Fano
   written into it; PyMca's average weights (policy 1) unless a policy is given;
-- precise (PyMca's full fit per pixel): the same, calibration fixed, unweighted.
+- precise (PyMca's full fit per pixel): the same, calibration fixed, weights as configured.
 
 With fixed weights the one-sigma uncertainties of the maps are recomputed from the Poisson
 variance of each pixel (:func:`xrfproc.core.sumfit.stddev_scale`), honest at any count rate.
@@ -209,8 +209,9 @@ def _pixel_setup(plan: SumPlan, model: Any, sr: sumfit.SumResult | None, y: np.n
                                        weight=policy)
             plan.var_unit = sumfit.stddev_scale(m1, y, npix)[m1.nbkg:]
             plan.window = (m1.i0, m1.i1)
-    else:  # precise: calibration of the sum fit, fixed; unweighted unless a policy is given
-        fw = 0 if weight in (None, "sum", 0, 1) else 1
+    else:  # precise: calibration of the sum fit, fixed; PyMca's weights unless 0 (unweighted) is asked
+        # (unweighted, PyMca's chi-square is not a reduced chi-square of counts: kept opt-in)
+        fw = 0 if weight == 0 else None
         plan.cfg_text = pymca_bridge.config_to_text(with_detector(fitconfig.config_from_text(plan.cfg_text).config,
                                                                   theta, fix=True, fitweight=fw))
         if model is not None and fw == 0:
