@@ -93,7 +93,7 @@ def test_fast_maps_equal_pymca_direct(tmp_path):
     cfg = snip_cfg(tmp_path)
     h5 = make_map(tmp_path / "m.h5", rows=5, cols=7, seed=3)
     # PyMca's own behaviour: the configuration's calibration and weights (Steel.cfg: fitweight -> policy 2)
-    fit(h5, cfg, deadtime=False, calibration="config", weight=2)
+    fit(h5, cfg, deadtime=False, calibration="config", weight=2, background="snip")
     with h5py.File(h5, "r") as f:
         spectra = f["raw/channel00/spectra"][()].reshape(-1, 2048).astype(np.float64)
         ysum = f["raw/channel00/sumspec"][()]
@@ -228,13 +228,13 @@ def test_precise_failed_pixel_is_nan_and_counted(tmp_path, monkeypatch):
     original = pymca_bridge.SpectrumFitter.fit
     target = spectra[0, 1].astype(np.float64)
 
-    def flaky(self, y, digest=False):
+    def flaky(self, y, digest=False, sigmay=None):
         if np.array_equal(y, target):
             raise np.linalg.LinAlgError("Singular matrix")
-        return original(self, y, digest)
+        return original(self, y, digest, sigmay)
 
     monkeypatch.setattr(pymca_bridge.SpectrumFitter, "fit", flaky)
-    s = fit(h5, cfg, mode="precise", scheduler="sync")
+    s = fit(h5, cfg, mode="precise", scheduler="sync", background="snip")  # PyMca sees the raw spectra
     with h5py.File(h5, "r") as f:
         ims = f["fit/channel00/ims"][()]
     assert np.isnan(ims[:, 0, 1]).all()
@@ -333,10 +333,11 @@ def test_engine_mode_goes_through_the_hook(tmp_path):
         with pytest.raises(InputError, match="engine"):
             fit(h5, cfg, mode="engine")
         return
-    fit(h5, cfg, mode="fast")
+    # the same fit both ways: PyMca's per-pixel SNIP and its average weights (policy 1)
+    fit(h5, cfg, mode="fast", weight=1, calibration="config", background="snip")
     with h5py.File(h5, "r") as f:
         fast = f["fit/channel00/ims"][()]
-    s = fit(h5, cfg, mode="engine")
+    s = fit(h5, cfg, mode="engine", weight=1, background="snip", calibration="config")
     with h5py.File(h5, "r") as f:
         eng = f["fit/channel00/ims"][()]
         assert store.decode_names(f["fit/channel00/names"][()])[-2:] == ["Rayl", "Compt"]

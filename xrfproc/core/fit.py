@@ -158,7 +158,8 @@ def fit_sum_spectrum(sumspec: np.ndarray, config: Mapping[str, Any], where: str 
 
 # --------------------------------------------------------------------------- fast
 def fast_fit_block(spectra: np.ndarray, config: Mapping[str, Any], ysum: np.ndarray, *, weight: int | None = None,
-                   refit: bool = True, with_chi2: bool = True, where: str = "spectra") -> BlockResult:
+                   refit: bool = True, with_chi2: bool = True, where: str = "spectra",
+                   background: np.ndarray | None = None) -> BlockResult:
     """PyMca's fast linear fit (``FastXRFLinearFit``) of a block of spectra.
 
     Parameters
@@ -174,9 +175,18 @@ def fast_fit_block(spectra: np.ndarray, config: Mapping[str, Any], ysum: np.ndar
         PyMca's options (see :func:`xrfproc.core.pymca_bridge.fast_fit`). Note that PyMca decides per
         call whether a refit of spectra with negative areas is worth it (0.25 % of the spectra), so a
         map fitted in blocks can differ from one fitted in one call for those few spectra.
+    background : ndarray, shape (nspectra, nbins), optional
+        A background subtracted before PyMca fits (the configuration must then not strip one);
+        ``ysum`` must be the sum spectrum less the summed background. The chi-square keeps the raw
+        counts' Poisson variances.
     """
     data, bad = check_spectra(spectra, where)
-    res = pymca_bridge.fast_fit(data, config, ysum, weight=weight, refit=refit, with_chi2=with_chi2)
+    variance = None
+    if background is not None:
+        variance = data
+        data = data - background
+    res = pymca_bridge.fast_fit(data, config, ysum, weight=weight, refit=refit, with_chi2=with_chi2,
+                                variance=variance)
     areas, sigma = res.areas, res.sigma
     chi2 = res.chi2 if res.chi2 is not None else np.full(data.shape[0], np.nan)
     if bad.any():
@@ -187,14 +197,20 @@ def fast_fit_block(spectra: np.ndarray, config: Mapping[str, Any], ysum: np.ndar
 
 
 # --------------------------------------------------------------------------- precise
-def _precise_chunk(config_text: str, spectra: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray,
-                                                                   np.ndarray, list[str]]:
+def _precise_chunk(config_text: str, spectra: np.ndarray, background: np.ndarray | None = None,
+                   variance: np.ndarray | None = None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray,
+                                                                np.ndarray, list[str]]:
     """Fit each spectrum of a chunk with a full PyMca fit (runs in a worker process).
 
+    With ``background`` (nspectra, nbins) it is subtracted first and ``variance`` (same shape)
+    gives PyMca's uncertainties (``sigmay = sqrt(variance)``) instead of the counts' own.
     Returns names, areas (nlines, n), sigma, chi2 (n,), failed (n,), and failure messages.
     """
     fitter = pymca_bridge.SpectrumFitter(pymca_bridge.config_from_text(config_text))
     spectra = np.asarray(spectra, dtype=np.float64)
+    empty = ~(spectra.sum(axis=1) > 0)  # no counts: nothing to fit, areas 0
+    if background is not None:
+        spectra = spectra - background
     names = list(fitter.names)
     n = spectra.shape[0]
     areas = np.zeros((len(names), n))
@@ -208,10 +224,11 @@ def _precise_chunk(config_text: str, spectra: np.ndarray) -> tuple[list[str], np
             areas[:, i] = sigma[:, i] = np.nan
             failed[i] = True
             continue
-        if y.sum() <= 0:
-            continue  # no counts: nothing to fit, areas 0
+        if empty[i]:
+            continue
         try:
-            r = fitter.fit(y)
+            sig = None if variance is None else np.sqrt(np.maximum(variance[i], 1.0))
+            r = fitter.fit(y, sigmay=sig)
             if r.names != names or not (np.isfinite(r.parameters).all() and np.isfinite(r.sigmaarea).all()):
                 raise FloatingPointError("non-finite fit result")
             areas[:, i] = r.parameters
@@ -227,7 +244,8 @@ def _precise_chunk(config_text: str, spectra: np.ndarray) -> tuple[list[str], np
 
 def precise_fit_block(spectra: np.ndarray, config_text: str, *, n_workers: int | None = None,
                       scheduler: str = "processes", chunk_size: int | None = None,
-                      progress: Callable[[int, int], None] | None = None, where: str = "spectra") -> BlockResult:
+                      progress: Callable[[int, int], None] | None = None, where: str = "spectra",
+                      background: np.ndarray | None = None, variance: np.ndarray | None = None) -> BlockResult:
     """Full nonlinear PyMca fit (``ClassMcaTheory``) of every spectrum, spread over cores with Dask.
 
     Parameters
@@ -258,10 +276,13 @@ def precise_fit_block(spectra: np.ndarray, config_text: str, *, n_workers: int |
         chunk_size = int(min(256, max(1, np.ceil(n / (4 * workers)))))
     bounds = [(s, min(n, s + chunk_size)) for s in range(0, n, chunk_size)]
     outputs: list[Any] = []
+    def part(a: np.ndarray | None, s: int, e: int) -> np.ndarray | None:
+        return None if a is None else a[s:e]
+
     if scheduler == "sync" or workers == 1 or len(bounds) == 1:
         done = 0
         for s, e in bounds:
-            outputs.append(_precise_chunk(config_text, data[s:e]))
+            outputs.append(_precise_chunk(config_text, data[s:e], part(background, s, e), part(variance, s, e)))
             done += e - s
             if progress is not None:
                 progress(done, n)
@@ -271,7 +292,8 @@ def precise_fit_block(spectra: np.ndarray, config_text: str, *, n_workers: int |
 
         from ..scheduler import start_method
 
-        tasks = [delayed(_precise_chunk)(config_text, data[s:e]) for s, e in bounds]
+        tasks = [delayed(_precise_chunk)(config_text, data[s:e], part(background, s, e), part(variance, s, e))
+                 for s, e in bounds]
         # compute in waves so that progress can be reported
         wave = max(1, workers * 2)
         done = 0

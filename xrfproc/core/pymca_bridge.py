@@ -153,7 +153,7 @@ class FastFitResult:
 
 
 def fast_fit(spectra: np.ndarray, config: Mapping[str, Any], ysum: np.ndarray, *, weight: int | None = None,
-             refit: bool = True, with_chi2: bool = True) -> FastFitResult:
+             refit: bool = True, with_chi2: bool = True, variance: np.ndarray | None = None) -> FastFitResult:
     """PyMca's ``FastXRFLinearFit.fitMultipleSpectra`` on a stack of spectra.
 
     Parameters
@@ -172,6 +172,9 @@ def fast_fit(spectra: np.ndarray, config: Mapping[str, Any], ysum: np.ndarray, *
     with_chi2 : bool
         Also build the fitted model (background + peaks, as PyMca computes it) to return the
         reduced chi-square per spectrum; costs one extra array the size of ``spectra``.
+    variance : ndarray, shape (nspectra, nbins), optional
+        Poisson variances of the chi-square (default ``max(spectra, 1)``; give the raw counts when
+        ``spectra`` had a background subtracted).
     """
     spectra = np.asarray(spectra)
     fitter = _FastXRFLinearFit.FastXRFLinearFit()
@@ -193,9 +196,10 @@ def fast_fit(spectra: np.ndarray, config: Mapping[str, Any], ysum: np.ndarray, *
         ok = np.isfinite(model[0]) if model.ndim == 2 else np.isfinite(model)
         y = spectra[:, ok].astype(np.float64)
         m = model[:, ok]
+        var = np.maximum(y if variance is None else np.asarray(variance, dtype=np.float64)[:, ok], 1.0)
         nfree = len(raw_names)
         dof = max(int(ok.sum()) - nfree, 1)
-        chi2 = ((y - m) ** 2 / np.maximum(y, 1.0)).sum(axis=1) / dof
+        chi2 = ((y - m) ** 2 / var).sum(axis=1) / dof
     return FastFitResult(names=names, areas=params[keep].astype(np.float64), sigma=uncert[keep].astype(np.float64),
                          chi2=chi2, raw_parameters=params, raw_names=raw_names)
 
@@ -248,16 +252,21 @@ class SpectrumFitter:
             self.config = self._theory.configure(copy.deepcopy(dict(config)))
         self.names: list[str] = list(self._theory.PARAMETERS[self._theory.NGLOBAL:])
 
-    def fit(self, y: np.ndarray, digest: bool = False) -> SpectrumFitResult:
+    def fit(self, y: np.ndarray, digest: bool = False, sigmay: np.ndarray | None = None) -> SpectrumFitResult:
         """Fit one spectrum (counts per channel, channel numbers 0..nbins-1).
 
+        ``sigmay`` (per channel, same length as ``y``) replaces PyMca's ``sqrt(y)`` uncertainties.
         Raises whatever PyMca raises when the fit fails (singular matrix, no peaks in the window).
         """
         y = np.asarray(y, dtype=np.float64)
         x = np.arange(y.size, dtype=np.float64)
         th = self._theory
         with _stdout_to_log():
-            th.setData(x, y, xmin=self.config["fit"]["xmin"], xmax=self.config["fit"]["xmax"])
+            if sigmay is None:
+                th.setData(x, y, xmin=self.config["fit"]["xmin"], xmax=self.config["fit"]["xmax"])
+            else:
+                th.setData(x, y, sigmay=np.asarray(sigmay, dtype=np.float64), xmin=self.config["fit"]["xmin"],
+                           xmax=self.config["fit"]["xmax"])
             th.estimate()
             if digest:
                 _, res = th.startfit(digest=1)

@@ -107,6 +107,9 @@ def make_config(h5file: str | Path, elements: Sequence[str] | dict, energy_keV: 
     energy = _energy(cal["energy_keV"], path)
     if calibration is None:
         calibration = (cal["zero_keV"], cal["gain_keV"])
+        # measured on the fluorescence lines (calib/, or a recorded calibration the peaks confirm): the
+        # fits keep it (a free calibration follows the misfit of a Compton peak PyMca cannot model)
+        options.setdefault("refine", ())
         if not cal.get("confirmed"):
             options.setdefault("noise", cal["noise_keV"])
             options.setdefault("fano", cal["fano"])

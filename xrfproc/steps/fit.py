@@ -79,6 +79,19 @@ def _engine_block(spectra: np.ndarray, model: Any, *, state: dict[str, Any], **o
     return core_fit.BlockResult(names, areas, sigma, chi2, failed)
 
 
+def _pixel_background(model: Any, spectra: np.ndarray) -> np.ndarray:
+    """Each spectrum's continuum under the sum-background model, over all channels (0 outside the window)."""
+    from ..core import fit_engine
+
+    data, _ = core_fit.check_spectra(spectra, native=True)
+    out = fit_engine.fit_block(model, data)
+    nb = int(model.extra.get("background_columns", 0))
+    cols = slice(model.nbkg - nb, model.nbkg)
+    full = np.zeros(data.shape, dtype=np.float64)
+    full[:, model.i0:model.i1] = np.nan_to_num(out.areas[:, cols]) @ model.shapes[:, cols].T
+    return full
+
+
 # --------------------------------------------------------------------------- argument handling
 def _select_channels(all_channels: list[str], channel: Any, path: Path) -> list[str]:
     if channel is None:
@@ -141,7 +154,8 @@ def fit_rows(path: str, channel: str, rows: tuple[int, int], mode: str, cfg_text
              group_names: Sequence[str], npix: int, weight: int | None = None, refit: bool = True,
              chi2: bool = True, options: Mapping[str, Any] | None = None, delay: float = 0.0,
              io_threads: int = 0, model: Any = None, var_unit: np.ndarray | None = None,
-             window: tuple[int, int] | None = None, mean_counts: float = 0.0) -> dict[str, Any]:
+             window: tuple[int, int] | None = None, mean_counts: float = 0.0, bkg_model: Any = None,
+             ysum_net: np.ndarray | None = None, ybar: np.ndarray | None = None) -> dict[str, Any]:
     """Fit the rows ``rows`` of ``raw/<channel>/spectra``: the task every scheduler runs.
 
     Reads its block from the file itself (workers only need the path on a shared file system),
@@ -160,13 +174,19 @@ def fit_rows(path: str, channel: str, rows: tuple[int, int], mode: str, cfg_text
     flat = np.asarray(block).reshape(-1, nbins)
     invalid = int((~np.isfinite(flat).all(axis=1)).sum()) if flat.dtype.kind == "f" else 0
     state = _worker_state(cfg_text, mode, nbins, sumspec, npix, weight, group_names)
+    background = _pixel_background(bkg_model, flat) if bkg_model is not None else None
     if mode == "fast":
-        res = core_fit.fast_fit_block(flat, state["config"], sumspec, weight=weight, refit=refit, with_chi2=chi2,
-                                      where=where)
+        res = core_fit.fast_fit_block(flat, state["config"], sumspec if ysum_net is None else ysum_net, weight=weight,
+                                      refit=refit, with_chi2=chi2, where=where, background=background)
     elif mode == "engine":
         res = _engine_block(flat, model, state=state, **dict(options or {}))
     else:
-        res = core_fit.precise_fit_block(flat, cfg_text, scheduler="sync", where=where)
+        variance = None
+        if background is not None and ybar is not None and mean_counts > 0 and window is not None:
+            share = np.asarray(flat[:, window[0]:window[1]], dtype=np.float64).sum(axis=1) / mean_counts
+            variance = share[:, None] * ybar[None, :]
+        res = core_fit.precise_fit_block(flat, cfg_text, scheduler="sync", where=where, background=background,
+                                         variance=variance)
     if var_unit is not None and window is not None and mean_counts > 0 and len(var_unit) == len(res.names):
         i0, i1 = window
         share = np.nansum(np.asarray(flat[:, i0:i1], dtype=np.float64), axis=1) / mean_counts
@@ -258,10 +278,13 @@ def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast"
     refit
         Fast mode: PyMca's refit of negative areas.
     background : {"sum", "snip"}
-        Engine mode: ``"sum"`` (default) fits each pixel's continuum as the sum spectrum's SNIP
-        background scaled by a linear function (two linear parameters), so the per-pixel areas add
-        up to the sum-spectrum fit at any count rate; ``"snip"``: each pixel's own SNIP background,
-        as PyMca's fast fit (biased high where a spectrum has a few counts per channel).
+        For configurations with a SNIP background: ``"sum"`` (default) models each pixel's continuum
+        as the sum spectrum's SNIP background scaled by a linear function (two linear parameters),
+        so the per-pixel areas add up to the sum-spectrum fit at any count rate (engine: two columns
+        of its model; fast and precise: estimated by the engine, subtracted, and PyMca fits the
+        peaks with its stripping off and, in precise mode, the expected Poisson uncertainties);
+        ``"snip"``: each pixel's own SNIP background, as PyMca does it (biased high where a
+        spectrum has a few counts per channel).
     sum_fit : {"engine", "pymca"}
         Who fits the sum spectrum (areas, background under the lines, calibration and resolution
         that every pixel then uses): the engine (milliseconds) or PyMca's full fit (seconds).
@@ -367,7 +390,7 @@ def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast"
         sp = p.sp
         return (str(path.resolve()), c, p.blocks[b], mode, sp.cfg_text, p.sumspec, p.sumfit.names, p.npix, sp.weight,
                 refit, chi2, options if mode == "engine" else {}, block_delay, io_threads, sp.model, sp.var_unit,
-                sp.window, sp.mean_counts)
+                sp.window, sp.mean_counts, sp.bkg_model, sp.ysum_net, sp.ybar)
 
     try:
         with runner:

@@ -72,6 +72,9 @@ class SumPlan:
     weight: int | None
     theta: np.ndarray
     theta_config: np.ndarray
+    bkg_model: Any = None
+    ysum_net: np.ndarray | None = None
+    ybar: np.ndarray | None = None
     shift_eV: float = 0.0
     line: str = ""
     line_keV: float = float("nan")
@@ -131,12 +134,17 @@ def sum_fit_plan(sumspec: np.ndarray, cfg: fitconfig.FitConfig, *, mode: str, np
         pix_weight = None if weight in (None, "sum") else int(weight)  # type: ignore[arg-type]
         model = fit_model.build_model(config, y, y.size, nspectra=npix, weight=pix_weight)
     theta_cfg = np.array([float(config["detector"].get(k, 0.0)) for k in fit_model.NONLINEAR])
-    engine_bkg = "sum" if (mode == "engine" and background == "sum") else "snip"
+    engine_bkg = "sum" if background == "sum" else "snip"
+    measured = None
     if sum_fit == "engine":
         assert model is not None
         sr = sumfit.fit_sum(model, y, npix, background=engine_bkg, where=where)  # type: ignore[arg-type]
         warnings += sr.warnings
         theta = sr.theta
+        measured = sr.theta
+        if model.theta_fixed[0] and model.theta_fixed[1]:
+            # the configuration fixes the calibration: measure the spectrum's (zero, gain) all the same
+            measured = sumfit.fit_sum(model, y, npix, background="snip", free=("zero", "gain"), where=where).theta
         stats = core_fit.SumFit(names=sr.names, int=sr.fitarea, bkg=sr.bkg, sigma=sr.sigma, chisq=sr.chisq,
                                 calibration=sr.calibration)
         params = sr.areas
@@ -151,7 +159,7 @@ def sum_fit_plan(sumspec: np.ndarray, cfg: fitconfig.FitConfig, *, mode: str, np
     plan = SumPlan(sumfit=stats, params=np.asarray(params, dtype=np.float64), cfg_text=cfg.text, model=None,
                    var_unit=None, window=(0, y.size), mean_counts=float(y.sum()) / max(npix, 1),
                    weight=None, theta=np.asarray(theta, dtype=np.float64), theta_config=theta_cfg, warnings=warnings)
-    _check_shift(plan, model, sr, channel)
+    _check_shift(plan, sr, channel, measured)
     _pixel_setup(plan, model, sr, y, npix, mode=mode, weight=weight, background=background,
                  theta=plan.theta if calibration == "sum" else theta_cfg)
     return plan
@@ -167,21 +175,21 @@ def _pymca_sum(y: np.ndarray, config: dict[str, Any], where: str) -> pymca_bridg
                          "peaks and the fit window of the configuration", dataset=where) from None
 
 
-def _check_shift(plan: SumPlan, model: Any, sr: sumfit.SumResult | None, channel: str) -> None:
-    """How far the configuration's calibration is from the sum fit's, at the strongest line."""
-    if sr is not None:
+def _check_shift(plan: SumPlan, sr: sumfit.SumResult | None, channel: str, measured: np.ndarray | None) -> None:
+    """How far the configuration's calibration is from the spectrum's (``measured``), at the strongest line."""
+    if sr is not None and measured is not None:
         line, e = sumfit.strongest_line(sr)
     else:
         line, e = "", float("nan")
     if not np.isfinite(e):
         return
-    shift = sumfit.line_shift_eV(e, plan.theta_config, plan.theta)
+    shift = sumfit.line_shift_eV(e, plan.theta_config, measured)
     fwhm = 1000.0 * float(sumfit.fwhm_keV(e, plan.theta[2], plan.theta[3]))
     plan.shift_eV, plan.line, plan.line_keV, plan.fwhm_eV = shift, line, e, fwhm
     if abs(shift) > fwhm / 4:
         plan.warnings.append(f"{channel}: the configuration's calibration is {shift:+.0f} eV off the spectrum at "
-                             f"{line} ({e:.3f} keV; FWHM {fwhm:.0f} eV): every fit uses the calibration of the "
-                             "sum-spectrum fit; write a new configuration (make_config / calibrate)")
+                             f"{line} ({e:.3f} keV; FWHM {fwhm:.0f} eV); write a new configuration "
+                             "(calibrate, then make_config)")
 
 
 def _pixel_setup(plan: SumPlan, model: Any, sr: sumfit.SumResult | None, y: np.ndarray, npix: int, *, mode: str,
@@ -190,11 +198,15 @@ def _pixel_setup(plan: SumPlan, model: Any, sr: sumfit.SumResult | None, y: np.n
     if mode == "engine":
         if model is None:
             raise ConfigError("mode='engine' needs the SNIP background and no fit strategy in the configuration")
-        base = sr.model if sr is not None else model
         w = "sum" if weight in (None, "sum") else {0: "none", 1: "config", 2: "pixel"}[int(weight)]  # type: ignore[index]
-        same = sr is not None and np.array_equal(theta, sr.theta)
-        pm = sumfit.pixel_model(base, y, npix, theta=None if same else theta,
-                                background=background if sr is not None else "snip", weights=w)
+        # the shapes PyMca built when the calibration is the configuration's, else recomputed at theta
+        if sr is not None and np.array_equal(theta, sr.theta):
+            base, at = sr.model, None
+        elif np.array_equal(theta, model.theta):
+            base, at = model, None
+        else:
+            base, at = model, theta
+        pm = sumfit.pixel_model(base, y, npix, theta=at, background=background, weights=w)
         plan.model = pm
         if pm.weight_policy != 2:
             plan.var_unit = sumfit.stddev_scale(pm, y, npix)[pm.nbkg:]
@@ -218,8 +230,44 @@ def _pixel_setup(plan: SumPlan, model: Any, sr: sumfit.SumResult | None, y: np.n
             m0 = sumfit.pixel_model(model, y, npix, theta=theta, background="snip", weights="none")
             plan.var_unit = sumfit.stddev_scale(m0, y, npix)[m0.nbkg:]
             plan.window = (m0.i0, m0.i1)
+    if mode != "engine" and background == "sum" and model is not None and model.snip:
+        _sum_background_for_pymca(plan, model, sr, y, npix, theta)
     i0, i1 = plan.window
     plan.mean_counts = float(y[i0:i1].sum()) / max(npix, 1)
+
+
+def _sum_background_for_pymca(plan: SumPlan, model: Any, sr: sumfit.SumResult | None, y: np.ndarray, npix: int,
+                              theta: np.ndarray) -> None:
+    """PyMca fits (fast, precise) with the sum spectrum's continuum instead of a SNIP per pixel.
+
+    Each pixel's continuum (two linear parameters, see :func:`xrfproc.core.sumfit.pixel_model`) is
+    estimated by the engine together with the peaks and subtracted; PyMca then fits the peaks with
+    its stripping off. The sum spectrum handed to PyMca is the sum less the fitted continuum.
+    """
+    if sr is not None and np.array_equal(theta, sr.theta) and "background_columns" in sr.model.extra:
+        base, at = sr.model, None
+    else:
+        base, at = model, theta
+    bm = sumfit.pixel_model(base, y, npix, theta=at, background="sum", weights="sum")
+    nb = int(bm.extra.get("background_columns", 0))
+    bsum = bm.shapes[:, bm.nbkg - nb:bm.nbkg] @ _sum_background_coefficients(bm, y, nb)
+    net = y.astype(np.float64).copy()
+    net[bm.i0:bm.i1] -= bsum
+    plan.bkg_model = bm
+    plan.ysum_net = np.clip(net, 0.0, None)
+    plan.ybar = y.astype(np.float64) / max(npix, 1)
+    cfg = fitconfig.config_from_text(plan.cfg_text).config
+    cfg["fit"]["stripflag"] = 0
+    plan.cfg_text = pymca_bridge.config_to_text(cfg)
+    plan.window = (bm.i0, bm.i1)
+
+
+def _sum_background_coefficients(bm: Any, y: np.ndarray, nb: int) -> np.ndarray:
+    """The continuum coefficients of the sum spectrum under the pixels' linear model."""
+    from ..core.fit_engine import fit_block
+
+    res = fit_block(bm, np.asarray(y, dtype=np.float64)[None])
+    return np.asarray(res.areas[0, bm.nbkg - nb:bm.nbkg], dtype=np.float64)
 
 
 def sum_rule(params: np.ndarray, pixel_sum: np.ndarray, names: list[str], *, min_share: float = 0.02,
