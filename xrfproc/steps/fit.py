@@ -79,6 +79,14 @@ def _engine_block(spectra: np.ndarray, model: Any, *, state: dict[str, Any], **o
     return core_fit.BlockResult(names, areas, sigma, chi2, failed)
 
 
+def _window_counts(flat: np.ndarray, window: tuple[int, int]) -> np.ndarray:
+    """Counts of each spectrum within ``[i0, i1)`` (float64; NaN counts as 0), without a float copy."""
+    part = flat[:, window[0]:window[1]]
+    if part.dtype.kind == "f":
+        return np.nansum(part, axis=1, dtype=np.float64)
+    return part.sum(axis=1, dtype=np.float64)
+
+
 def _pixel_background(model: Any, spectra: np.ndarray) -> np.ndarray:
     """Each spectrum's continuum under the sum-background model, over all channels (0 outside the window)."""
     from ..core import fit_engine
@@ -183,13 +191,13 @@ def fit_rows(path: str, channel: str, rows: tuple[int, int], mode: str, cfg_text
     else:
         variance = None
         if background is not None and ybar is not None and mean_counts > 0 and window is not None:
-            share = np.asarray(flat[:, window[0]:window[1]], dtype=np.float64).sum(axis=1) / mean_counts
+            share = _window_counts(flat, window) / mean_counts
             variance = share[:, None] * ybar[None, :]
         res = core_fit.precise_fit_block(flat, cfg_text, scheduler="sync", where=where, background=background,
                                          variance=variance)
     if var_unit is not None and window is not None and mean_counts > 0 and len(var_unit) == len(res.names):
         i0, i1 = window
-        share = np.nansum(np.asarray(flat[:, i0:i1], dtype=np.float64), axis=1) / mean_counts
+        share = _window_counts(flat, window) / mean_counts
         sigma = np.sqrt(np.asarray(var_unit, dtype=np.float64)[:, None] * share[None, :])
         sigma[:, np.asarray(res.failed, dtype=bool)] = np.nan
         res.sigma = sigma
