@@ -108,11 +108,11 @@ class _CompileListener(_event.Listener):
         self._t0 = time.perf_counter()
         if not self.announced:
             self.announced = True
-            # times measured on the 2-core development machine (fit kernel ~30 s, refine ~25 s per
-            # spectra dtype; `python -m xrfproc.jit` 4.5-5.5 min for all)
+            # times measured on the 2-core development machine: fit kernel 20-30 s, refine 11-23 s per
+            # spectra dtype; `python -m xrfproc.jit` 3.5-5.5 min for all, depending on the load
             log.warning("compiling the fit engine's numba kernels (first use on this machine or after an update: "
-                        "30-60 s per kernel, once; cached in %s; `xrfproc warmup` compiles all of them ahead, "
-                        "about 5 min)", _shown(cache_dir()))
+                        "20-60 s per spectra dtype, once; cached in %s; `xrfproc warmup` compiles all of them "
+                        "ahead, 4-5 min)", _shown(cache_dir()))
         log.info("compiling %s%s", name, tuple(event.data.get("args", ())))
 
     def on_end(self, event: Any) -> None:
