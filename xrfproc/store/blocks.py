@@ -29,6 +29,7 @@ import logging
 import os
 import secrets
 import shutil
+import weakref
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -38,6 +39,7 @@ import numpy as np
 from ..errors import WriteError
 from .atomic_io import _write_failure
 from .h5store import GZIP, bulk_dir, now_iso
+from .locking import acquire_lock
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,21 @@ class PartialResults:
         Flush every block file to disk before it takes its name (a block survives a power cut, not
         only a killed process). A step that checks each block it resumes from (and redoes damaged
         ones) can do without: many small blocks then cost no disk round trip each.
+
+    Notes
+    -----
+    The object holds the file's write lock (:func:`xrfproc.store.locking.acquire_lock`) from its
+    creation until :meth:`discard` (or :meth:`release`, or its garbage collection): a second run
+    of a step on the same file is refused at once with a :class:`~xrfproc.errors.FileBusyError`,
+    before it touches the folder or computes anything, and the step's own transaction (same thread)
+    takes the lock again without waiting.
+
+    Raises
+    ------
+    FileBusyError
+        Another process (or thread) writes the file or keeps partial results of it.
+    WriteError
+        The folder cannot be created, or ``path`` is a symbolic link.
     """
 
     def __init__(self, path: str | Path, step: str, key: str, meta: Mapping[str, Any] | None = None,
@@ -154,19 +171,37 @@ class PartialResults:
         self.fsync = fsync
         self.folder = bulk_dir(self.path) / f"partial-{step}-{key}"
         self.key = key
-        if self.folder.exists() and not resume:
-            shutil.rmtree(self.folder, ignore_errors=True)
-        self.resumed = self.folder.is_dir() and any(self.folder.glob("*.npz"))
-        info = self.folder / "meta.json"
+        # the lock first: another run's folder is never touched, and nothing is computed twice
+        self._lock = acquire_lock(self.path, step)
+        self._finalizer = weakref.finalize(self, self._lock.release)  # a step that died of a bug
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            if not info.exists():
-                tmp = self.folder / f".meta-{secrets.token_hex(3)}.tmp"
-                tmp.write_text(json.dumps({"format": PARTIAL_FORMAT, "step": step, "key": key, "created": now_iso(),
-                                           "meta": dict(meta or {})}, sort_keys=True, default=str, indent=1))
-                os.replace(tmp, info)
-        except OSError as exc:
-            raise self._write_error(exc) from None
+            if self.folder.exists() and not resume:
+                shutil.rmtree(self.folder, ignore_errors=True)
+            self.resumed = self.folder.is_dir() and any(self.folder.glob("*.npz"))
+            info = self.folder / "meta.json"
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                if not info.exists():
+                    tmp = self.folder / f".meta-{secrets.token_hex(3)}.tmp"
+                    tmp.write_text(json.dumps({"format": PARTIAL_FORMAT, "step": step, "key": key,
+                                               "created": now_iso(), "meta": dict(meta or {})},
+                                              sort_keys=True, default=str, indent=1))
+                    os.replace(tmp, info)
+            except OSError as exc:
+                raise self._write_error(exc) from None
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Give the file's write lock back, keeping the blocks (an interrupted run; idempotent)."""
+        self._finalizer()
+
+    def __enter__(self) -> "PartialResults":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
     def _write_error(self, exc: OSError) -> WriteError:
         with contextlib.suppress(OSError):
@@ -225,8 +260,12 @@ class PartialResults:
             self._name(channel, block).unlink()
 
     def discard(self) -> None:
-        """Remove the folder (after success)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Remove the folder (after success, or after an error nothing can be resumed from), then
+        give the file's write lock back."""
+        try:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        finally:
+            self.release()
 
 
 def list_partials(path: str | Path) -> list[Path]:

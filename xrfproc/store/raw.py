@@ -32,12 +32,69 @@ def spectra_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (1,) * (len(shape) - 2) + (inner, nbins)
 
 
-def storage_dtype(dtype: np.dtype) -> np.dtype:
-    """Counts stay integers (half the bytes of float32); anything else becomes float32."""
+def _exact_as_is(dtype: np.dtype) -> bool:
+    """Whether every value of ``dtype`` is stored exactly without looking at the data."""
+    return dtype.kind == "b" or (dtype.kind in "uif" and dtype.itemsize <= 4)
+
+
+class CountsRange:
+    """What decides the storage dtype of spectra whose dtype alone does not (int64, uint64, float64).
+
+    Fed block by block with :meth:`add`: the largest finite value, whether every value is a whole
+    number, whether there are NaN (missing points) and whether float32 holds every value exactly.
+    """
+
+    def __init__(self) -> None:
+        self.top: int | float = 0
+        self.integral = True
+        self.nan = False
+        self.float32_exact = True
+
+    def add(self, block: np.ndarray) -> None:
+        """Take the values of ``block`` (numbers, already checked: no negative or infinite counts)."""
+        if not block.size:
+            return
+        if block.dtype.kind in "uib":  # counts checked: not negative
+            top = int(block.max())
+            self.top = max(self.top, top)
+            self.float32_exact = self.float32_exact and top <= 1 << 24
+            return
+        values = block.astype(np.float64, copy=False)
+        nan = np.isnan(values)
+        if nan.any():
+            self.nan = True
+            values = values[~nan]
+        if values.size:
+            self.top = max(self.top, float(values.max()))
+            self.integral = self.integral and bool(np.all(np.floor(values) == values))
+            if self.float32_exact:
+                with np.errstate(over="ignore"):
+                    self.float32_exact = bool(np.array_equal(values.astype(np.float32).astype(np.float64), values))
+
+
+def storage_dtype(dtype: np.dtype, counts: CountsRange | None = None) -> np.dtype:
+    """The dtype spectra are stored with: every value exact, never a wrapping or rounding cast.
+
+    Integers of up to 4 bytes stay as they are, float16/float32 and booleans become float32. Wider
+    dtypes (int64, uint64, float64) need the range of the values, ``counts``: whole numbers become
+    the smallest of uint16, uint32 and uint64 that holds the largest; other values float32 when it
+    holds them all exactly, else float64 (values beyond 2^64 included).
+
+    Raises
+    ------
+    ValueError
+        ``counts`` is missing for a dtype that needs it.
+    """
     dtype = np.dtype(dtype)
-    if dtype.kind in "ui":
-        return dtype if dtype.itemsize <= 4 else np.dtype(dtype.kind + "4")
-    return np.dtype("float32")
+    if _exact_as_is(dtype):
+        return dtype if dtype.kind in "ui" else np.dtype("float32")
+    if counts is None:
+        raise ValueError(f"the storage dtype of {dtype} spectra depends on their values: give their CountsRange")
+    if counts.integral and not counts.nan and counts.top < 2.0 ** 64:
+        for candidate in (np.uint16, np.uint32, np.uint64):
+            if counts.top <= np.iinfo(candidate).max:
+                return np.dtype(candidate)
+    return np.dtype("float32") if counts.float32_exact else np.dtype("float64")
 
 
 def iter_blocks(nrows: int, rows_per_block: int) -> Iterator[slice]:
@@ -70,15 +127,42 @@ def block_rows(shape: tuple[int, ...], chunks: tuple[int, ...]) -> int:
     return max(chunks[0], rows // chunks[0] * chunks[0])
 
 
+def _choose_dtype(spectra: Any, name: str, shape: tuple[int, ...]) -> np.dtype:
+    """:func:`storage_dtype` of ``spectra``, going through the values first when the dtype does not decide.
+
+    An array in memory is scanned in place; a lazy reader (int64/float64 files, rare) is read once
+    more, block by block.
+    """
+    dtype = np.dtype(spectra.dtype)
+    if _exact_as_is(dtype) or dtype.kind not in "uif":
+        return storage_dtype(dtype) if dtype.kind in "uifb" else np.dtype("float32")
+    if not isinstance(spectra, np.ndarray):
+        log.info("%s: %s spectra read once more to choose an exact storage dtype", name, dtype)
+    counts = CountsRange()
+    if len(shape) == 1:
+        block = np.asarray(spectra[...])
+        _check_counts(block, name, "the spectrum")
+        counts.add(block)
+    else:
+        for sl in iter_blocks(shape[0], block_rows(shape, spectra_chunks(shape))):
+            block = np.asarray(spectra[sl])
+            _check_counts(block, name, f"rows {sl.start}..{sl.stop - 1}")
+            counts.add(block)
+    chosen = storage_dtype(dtype, counts)
+    log.debug("%s: %s spectra (largest value %s) stored as %s", name, dtype, counts.top, chosen)
+    return chosen
+
+
 def _write_spectra(bulk: h5py.File, name: str, spectra: Any, compression: str = "gzip") -> tuple[np.ndarray, np.ndarray]:
     """Copy spectra block by block into ``bulk[name]``; return the sum and max spectrum.
 
     Each block of rows is read from ``spectra`` (a lazy reader opens its files for that block
     only), checked, and handed to a :class:`~.filters.ChunkWriter` that compresses its chunks in
-    threads while the next block is read. Memory: about two blocks (16 chunks of 1 MiB each).
+    threads while the next block is read. Memory: about two blocks (16 chunks of 1 MiB each). The
+    values are stored exactly (:func:`storage_dtype`; int64 and float64 spectra are looked at first).
     """
     shape = tuple(spectra.shape)
-    dtype = storage_dtype(spectra.dtype)
+    dtype = _choose_dtype(spectra, name, shape)
     chunks = spectra_chunks(shape)
     ds = bulk.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, **dataset_options(compression))
     nbins = shape[-1]

@@ -1,0 +1,232 @@
+"""Reliability bounds (issue 20): exact stored counts, one writer per file including its partial
+results, bounded ``.cnc`` reading, no writes through symbolic links, bounded declared sizes, and
+corrupt HDF5 files turned into our errors.
+
+Each test reproduces one finding of the issue: it failed before the fix.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from xrfproc import api, store
+from xrfproc.core.cnc import bundled_cnc
+from xrfproc.errors import FileBusyError, InputError, WriteError, XrfError
+from xrfproc.store import blocks, h5store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A small simulated reference map, its configuration, fitted (kept pristine: copy it)."""
+    base = tmp_path_factory.mktemp("bounds")
+    (base / "ref").mkdir()
+    path = api.simulate_reference(base / "ref" / "map.h5", bundled_cnc("nist613"), rows=6, cols=8, energy_keV=18.0)
+    cfg = api.make_config(path, {"Fe": "K", "Zn": "K"}, 18.0, escape=False, out=base / "lean.cfg")
+    api.fit(path, cfg, mode="fast")
+    return {"dir": base / "ref", "file": path, "cfg": cfg}
+
+
+def copy_pair(src: Path, dst_dir: Path) -> Path:
+    """Copy a layout file and its bulk folder into ``dst_dir`` (same name: the links stay valid)."""
+    import shutil
+
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, dst_dir / src.name)
+    shutil.copytree(store.bulk_dir(src), store.bulk_dir(dst_dir / src.name), ignore=shutil.ignore_patterns(".lock"))
+    return dst_dir / src.name
+
+
+# --------------------------------------------------------------------------- 2. one writer, partial results included
+def test_second_normalise_in_another_thread_is_refused_at_once(fitted, tmp_path):
+    """The first run holds the lock from its partial results on: the second fails at once, the first finishes."""
+    path = copy_pair(fitted["file"], tmp_path / "in")
+    started, go_on = threading.Event(), threading.Event()
+    outcome: dict[str, object] = {}
+
+    def slow(done, total, message):
+        started.set()
+        go_on.wait(60)
+
+    def first() -> None:
+        try:
+            outcome["summary"] = api.normalise(path, I0norm=1e6, progress=slow)
+        except BaseException as exc:  # noqa: BLE001 (reported by the test)
+            outcome["error"] = exc
+
+    t = threading.Thread(target=first)
+    t.start()
+    try:
+        assert started.wait(60), outcome
+        t0 = time.monotonic()
+        with pytest.raises(FileBusyError, match=r"map\.h5.*normalise"):
+            api.normalise(path, I0norm=1e6)
+        assert time.monotonic() - t0 < 10
+        partials = blocks.list_partials(path)
+        assert len(partials) == 1 and any(partials[0].glob("*.npz")), "the first run's saved images were removed"
+    finally:
+        go_on.set()
+        t.join(120)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["summary"]["images"] > 0
+    assert not blocks.list_partials(path)
+    api.normalise(path, I0norm=1e6)  # the lock was given back
+
+
+def test_second_normalise_in_another_process_is_refused(fitted, tmp_path):
+    """The issue's reproducer: two processes normalise one file; the second gets FileBusyError, no traceback."""
+    path = copy_pair(fitted["file"], tmp_path / "in")
+    marker = tmp_path / "started"
+    script = textwrap.dedent(f"""
+        import pathlib, time
+        from xrfproc import api
+        def slow(done, total, message):
+            pathlib.Path({str(marker)!r}).touch()
+            time.sleep(0.5)
+        api.normalise({str(path)!r}, I0norm=1e6, progress=slow)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), proc.communicate()
+        with pytest.raises(FileBusyError, match=r"pid \d+ \(step normalise"):
+            api.normalise(path, I0norm=1e6)
+    finally:
+        out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    with h5py.File(path, "r") as f:
+        assert "norm/channel00/ims" in f
+
+
+def test_partial_results_hold_the_lock(tmp_path):
+    path = tmp_path / "scan.h5"
+    path.write_bytes(b"")
+    partial = blocks.PartialResults(path, "fit", "k1")
+    with h5store.file_lock(path, "fit"):  # re-entrant in the thread that holds it
+        pass
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            blocks.PartialResults(path, "fit", "k1")
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert len(errors) == 1 and isinstance(errors[0], FileBusyError), errors
+    assert partial.folder.is_dir()
+    partial.discard()
+    assert not partial.folder.exists()
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert len(errors) == 1  # free again
+
+
+# --------------------------------------------------------------------------- 4. symbolic links
+def test_writes_through_a_symlinked_name_are_refused(fitted, tmp_path):
+    path = copy_pair(fitted["file"], tmp_path / "in")
+    link = tmp_path / "in" / "alias.h5"
+    link.symlink_to(path.name)
+    before = path.read_bytes()
+    with pytest.raises(WriteError, match=r"alias\.h5.*symbolic link"):
+        api.normalise(link, I0norm=1e6)
+    assert link.is_symlink() and path.read_bytes() == before
+    assert not store.bulk_dir(link).exists() or not blocks.list_partials(link)
+    with pytest.raises(WriteError, match=r"symbolic link"):
+        with h5store.transaction(link, "test", replace=["x"]):
+            pass
+    assert link.is_symlink()
+    dangling = tmp_path / "in" / "new.h5"
+    dangling.symlink_to(tmp_path / "elsewhere.h5")
+    with pytest.raises(WriteError, match=r"new\.h5.*symbolic link"):
+        store.write_raw(dangling, store.read_raw(path))
+    assert dangling.is_symlink() and not (tmp_path / "elsewhere.h5").exists()
+
+
+# --------------------------------------------------------------------------- 1. stored counts exact
+def _spe(path: Path, counts: list) -> Path:
+    body = "\n".join(" ".join(str(c) for c in counts[i:i + 8]) for i in range(0, len(counts), 8))
+    path.write_text(f"$SPEC_ID:\ntest\n$MEAS_TIM:\n1 1\n$DATA:\n0 {len(counts) - 1}\n{body}\n", encoding="latin-1")
+    return path
+
+
+def _stored(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return f["raw/channel00/spectra"][()], f["raw/channel00/sumspec"][()]
+
+
+@pytest.mark.parametrize("big, dtype", [
+    ("4294967296", np.uint64),        # 2^32: was stored as 0 (int32)
+    ("2147483648", np.uint32),        # 2^31: was -2147483648
+    ("1099511627776", np.uint64),     # 2^40: was 0
+    ("65536", np.uint32),
+    ("1e300", np.float64),            # was inf (float32)
+    ("9007199254740993", np.uint64),  # 2^53 + 1 written as text: float64 reading rounds it, stored as read
+    ("0.1", np.float64),              # not a whole number, not exact in float32
+    ("0.5", np.float32),              # exact in float32
+])
+def test_spe_counts_are_stored_exactly(big, dtype, tmp_path):
+    counts = [3, 0, 7, 1] * 8
+    counts[5] = big
+    src = _spe(tmp_path / "big.spe", counts)
+    out = api.convert(src, out=tmp_path / "big.h5", kind="spe")
+    spectra, sumspec = _stored(out)
+    assert spectra.dtype == dtype
+    expected = np.array([float(c) for c in counts])
+    np.testing.assert_array_equal(spectra.reshape(-1).astype(np.float64), expected)
+    np.testing.assert_array_equal(sumspec, spectra.reshape(-1, spectra.shape[-1]).sum(axis=0, dtype=np.float64))
+    assert np.isfinite(spectra.astype(np.float64)).all()
+
+
+def test_wide_integer_maps_stored_small_and_exact(tmp_path):
+    """int64 counts within uint16 are stored as uint16; uint64 beyond 2^63 as uint64; the fit engine reads them."""
+    from xrfproc.core import fit_engine
+    from xrfproc.core.rawmap import RawChannel, RawMap
+    from xrfproc.store import raw as raw_store
+
+    grid = (3, 4)
+    for values, dtype in ((np.full(grid + (16,), 65535, np.int64), np.uint16),
+                          (np.full(grid + (16,), 2**63 + 5, np.uint64), np.uint64)):
+        m = RawMap({"channel00": RawChannel(values, np.ones(grid), np.ones(grid))}, I0=np.ones(grid),
+                   acquisition_time=np.ones(grid), mot1=np.zeros(grid), mot2=np.zeros(grid))
+        out = store.write_raw(tmp_path / f"{dtype.__name__}.h5", m)
+        spectra, sumspec = _stored(out)
+        assert spectra.dtype == dtype
+        np.testing.assert_array_equal(spectra, values.astype(dtype))
+        np.testing.assert_array_equal(sumspec, spectra.reshape(-1, 16).sum(axis=0, dtype=np.float64))
+    assert np.dtype(np.uint16) in fit_engine._NATIVE  # uint64 is not: the engine reads it as float64
+    with pytest.raises(ValueError):
+        raw_store.storage_dtype(np.int64)
+
+
+@pytest.mark.parametrize("mode", ["engine", "fast"])
+def test_fit_reads_uint64_spectra(mode, fitted, tmp_path):
+    """A map with one count of 2^32 is stored as uint64 and the engine fit reads it (converted to float64)."""
+    raw = store.read_raw(fitted["file"])
+    sp = np.asarray(raw.channels["channel00"].spectra).astype(np.int64)
+    sp[0, 0, -1] += 2**32
+    raw.channels["channel00"].spectra = sp
+    out = store.write_raw(tmp_path / "wide.h5", raw)
+    spectra, _ = _stored(out)
+    assert spectra.dtype == np.uint64 and int(spectra[0, 0, -1]) >= 2**32
+    summary = api.fit(out, fitted["cfg"], mode=mode)
+    with h5py.File(out, "r") as f:
+        ims = f["fit/channel00/ims"][()]
+    assert np.isfinite(ims[:, 1:, :]).all(), summary
