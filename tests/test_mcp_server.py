@@ -26,7 +26,7 @@ from xrfproc.server import build_server  # noqa: E402
 from xrfproc.server.app import BearerTokenMiddleware, http_app, parser  # noqa: E402
 
 ROWS, COLS = 10, 12
-EXPECTED_TOOLS = {"inspect", "sum_spectrum", "image", "suggest_elements", "read_cnc", "simulate", "simulate_reference",
+EXPECTED_TOOLS = {"inspect", "sum_spectrum", "image", "suggest_elements", "calibrate", "read_cnc", "simulate", "simulate_reference",
                   "demo_dataset", "convert", "make_config", "fit", "normalise", "detlim", "quantify", "div_by_cnc",
                   "cluster", "correlation_plot", "tomo", "run_recipe", "list_recipes"}
 READ_ONLY = {"inspect", "suggest_elements", "read_cnc", "list_recipes"}

@@ -31,6 +31,11 @@ class FitChannel(ChannelLines):
     deadtime_missing: int = Field(description="Pixels without valid ICR/OCR (NaN)")
     chi2_median: float | None = Field(None, description="Median reduced chi-square over the pixels")
     sum_int: dict[str, float | None] = Field(description="Fitted area of each line in the sum spectrum (counts)")
+    sum_rule: dict[str, float] = Field(default_factory=dict, description="Per line holding >= 2 % of the "
+                                       "fluorescence: per-pixel areas summed / sum-spectrum area (1 +- 0.05 expected)")
+    calibration: dict[str, float | str] = Field(default_factory=dict, description="Calibration and resolution the "
+                                                "fits used (zero_keV, gain_keV, noise_keV, fano), the configuration's "
+                                                "and its shift in eV at the strongest line")
     warnings: list[str] = []
 
 

@@ -63,7 +63,11 @@ def fit_result(s: Mapping[str, Any], roots: DataRoots) -> m.FitResult:
         chans[c] = m.FitChannel(names=list(d["names"]), shape=list(d["shape"]), lines=_stats_dict(d["lines"]),
                                 failed=int(d["failed"]), invalid=int(d["invalid"]),
                                 deadtime_missing=int(d["deadtime_missing"]), chi2_median=num(d["chi2_median"]),
-                                sum_int={k: num(v) for k, v in d["sum_int"].items()}, warnings=list(d["warnings"]))
+                                sum_int={k: num(v) for k, v in d["sum_int"].items()},
+                                sum_rule={k: round(float(v), 4) for k, v in d.get("sum_rule", {}).items()},
+                                calibration={k: (round(v, 6) if isinstance(v, float) else v)
+                                             for k, v in d.get("calibration", {}).items()},
+                                warnings=list(d["warnings"]))
         warnings += list(d["warnings"])
     return m.FitResult(file=roots.display(s["file"]), mode=s["mode"], seconds=float(s["seconds"]), channels=chans,
                        warnings=warnings)

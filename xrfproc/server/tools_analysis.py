@@ -51,8 +51,16 @@ async def fit(
                     Field("fast", description="'fast': PyMca's linear fast fit (needs the SNIP background); "
                                               "'precise': a full PyMca fit of every pixel (slow); 'engine': "
                                               "xrfproc's own fit engine")] = "fast",
-    weight: Annotated[Literal[0, 1, 2] | None, Field(None, description="Fast mode weighting (None: as the "
-                                                                       "configuration says)")] = None,
+    weight: Annotated[Literal[0, 1, 2] | None, Field(None, description="Per-pixel weights. None (default): "
+                                                     "weights that do not depend on the pixel's own counts (unbiased "
+                                                     "at any count rate; stddev = each pixel's Poisson sigma); 0 "
+                                                     "unweighted, 1 PyMca's average weights, 2 PyMca's per-pixel "
+                                                     "weights (biased low at a few thousand counts per spectrum)")
+                      ] = None,
+    background: Annotated[Literal["sum", "snip"], Field("sum", description="'sum': each pixel's continuum is the "
+                                                        "sum spectrum's background scaled linearly (the per-pixel "
+                                                        "areas add up to the sum-spectrum fit); 'snip': a SNIP "
+                                                        "background per pixel, as PyMca does")] = "sum",
     refit: Annotated[bool, Field(True, description="Fast mode: refit without lines with negative areas")] = True,
     deadtime: Annotated[bool, Field(True, description="Correct areas by ICR/OCR per pixel")] = True,
     chi2: Annotated[bool, Field(True, description="Compute the reduced chi-square map")] = True,
@@ -64,7 +72,7 @@ async def fit(
         cfg: Any = ([infile(ctx, c, "config") for c in config] if isinstance(config, list)
                     else infile(ctx, config, "config"))
         s = api.fit(p, cfg, channel=channel, mode=mode, progress=progress, weight=weight, refit=refit,
-                    deadtime=deadtime, chi2=chi2)
+                    deadtime=deadtime, chi2=chi2, background=background)
         return results.fit_result(s, roots(ctx))
     return await run_step(ctx, work)
 
