@@ -126,3 +126,20 @@ def test_per_pixel_snip_breaks_the_sum_rule_and_is_warned(aps):
     off = [n for n, r in ch["sum_rule"].items() if abs(r - 1) > 0.05]
     assert off  # measured: Si 1.24, La 1.11, Ca 1.07
     assert any("sum rule" in w and off[0] in w for w in ch["warnings"])
+
+
+def test_steel_through_the_steps_without_a_calibration(tmp_path):
+    """PyMca's Steel.spe holds no calibration: calibrate, then suggest, as a user would from the file."""
+    src = tmp_path / "Steel.spe"
+    shutil.copy(pymca_bridge.PYMCA_DATA_DIR / "Steel.spe", src)
+    h5 = xrfproc.convert(src)
+    cal = xrfproc.calibrate(h5, 16.0)["channels"]["channel00"]  # the energy Steel.cfg records
+    ref = pymca_bridge.read_config(pymca_bridge.PYMCA_DATA_DIR / "Steel.cfg")
+    zero, gain = float(ref["detector"]["zero"]), float(ref["detector"]["gain"])
+    ch = (6.4039 - zero) / gain
+    assert abs(cal["zero_keV"] + cal["gain_keV"] * ch - 6.4039) < 0.005  # within 5 eV of Steel.cfg at Fe Ka
+    found = xrfproc.suggest_elements(h5, 16.0)
+    assert {"Cr", "Mn", "Fe", "Ni", "Cu", "Mo"} <= set(found), found
+    # nothing implausible for a steel: SRM 1155's certified elements, Steel.cfg's groups, and air
+    allowed = set(ref["peaks"]) | set(ref["materials"]["SRM_1155_COMPLETE"]["CompoundList"]) | {"Ar"}
+    assert set(found) <= allowed, set(found) - allowed
