@@ -162,6 +162,101 @@ def bench_fast(cfg: dict, data: np.ndarray, weight: int | None, repeat: int = 3)
     return {"pymca": pymca, "engine": eng}
 
 
+# ----------------------------------------------------------------------------- the public step
+def write_map(data: np.ndarray, side: int, cfg: dict, folder: Path) -> Path:
+    """The map as a layout file (gzip, as ``convert`` writes it by default)."""
+    from xrfproc import store
+    from xrfproc.core.rawmap import RawChannel, RawMap
+
+    g = np.ones((side, side))
+    cal = (float(cfg["detector"]["zero"]), float(cfg["detector"]["gain"]), 0.0)
+    raw = RawMap(channels={"channel00": RawChannel(spectra=data.reshape(side, side, -1), icr=g * 1e4, ocr=g * 1e4,
+                                                   calibration=cal)},
+                 I0=g, acquisition_time=g, mot1=np.tile(np.arange(side, dtype=float), (side, 1)),
+                 mot2=np.repeat(np.arange(side, dtype=float), side).reshape(side, side))
+    return store.write_raw(folder / f"steel_{side}.h5", raw)
+
+
+def bare_read(h5: Path) -> np.ndarray:
+    import h5py
+
+    with h5py.File(h5, "r") as f:
+        return f["raw/channel00/spectra"][()]
+
+
+def pymca_way(h5: Path, cfg_path: Path, weight: int | None) -> np.ndarray:
+    """What a PyMca user does: read the spectra with h5py, ``FastXRFLinearFit`` on them."""
+    from PyMca5.PyMcaIO import ConfigDict
+    from PyMca5.PyMcaPhysics.xrf import FastXRFLinearFit
+
+    a = bare_read(h5)
+    flat = a.reshape(-1, a.shape[-1])
+    c = ConfigDict.ConfigDict()
+    c.read(str(cfg_path))
+    out = FastXRFLinearFit.FastXRFLinearFit().fitMultipleSpectra(
+        y=flat, ysum=flat.sum(axis=0, dtype=np.float64), configuration=c, weight=weight, refit=True, save=False)
+    return np.asarray(out["parameters"])
+
+
+def bench_step(cfg: dict, cfg_path: Path, side: int, folder: Path, repeat: int) -> dict:
+    """The whole public step ``xrfproc.fit`` on a file against the PyMca way, warm and cold."""
+    import subprocess
+    import sys
+
+    import h5py
+
+    import xrfproc
+
+    y = pb.read_spectrum_file(pb.PYMCA_DATA_DIR / "Steel.spe")
+    h5 = write_map(resampled_map(y, side), side, cfg, folder)
+    same = {"weight": 2, "background": "snip", "calibration": "config"}  # PyMca's own fit: Steel.cfg's weights
+    xrfproc.fit(h5, cfg_path, mode="engine", **same)  # warm: kernels loaded, model cached
+    xrfproc.fit(h5, cfg_path, mode="engine")
+    t = {"read": np.inf, "pymca": np.inf, "pymca_w1": np.inf, "step_same": np.inf, "step_default": np.inf}
+    for _ in range(repeat):
+        for key, call in (("read", lambda: bare_read(h5)),
+                          ("pymca", lambda: pymca_way(h5, cfg_path, None)),
+                          ("pymca_w1", lambda: pymca_way(h5, cfg_path, 1)),
+                          ("step_same", lambda: xrfproc.fit(h5, cfg_path, mode="engine", **same)),
+                          ("step_default", lambda: xrfproc.fit(h5, cfg_path, mode="engine"))):
+            t0 = time.perf_counter()
+            out = call()
+            t[key] = min(t[key], time.perf_counter() - t0)
+            if key == "pymca":
+                ref = out
+            if key == "step_same":
+                with h5py.File(h5, "r") as f:
+                    got = f["fit/channel00/ims"][()].reshape(ref.shape[0], -1)
+    names = ref.shape[0]
+    big = ref > 1000
+    rel = np.abs(got[big] - ref[big]) / ref[big]
+    cold = np.inf
+    exe = Path(sys.executable).with_name("xrfproc")
+    for _ in range(max(1, repeat - 1)):
+        t0 = time.perf_counter()
+        subprocess.run([str(exe), "fit", str(h5), str(cfg_path), "--mode", "engine"], check=True,
+                       capture_output=True)
+        cold = min(cold, time.perf_counter() - t0)
+    return {**t, "cold": cold, "median_rel_diff": float(np.median(rel)) if rel.size else float("nan"),
+            "lines": names}
+
+
+def print_step(side: int, r: dict, load: tuple[float, float]) -> None:
+    print(f"\nthe public step, {side}x{side} pixels, best of the repetitions, load average {load[0]:.2f} -> "
+          f"{load[1]:.2f}:")
+    print(f"  bare read (h5py, gzip)                    {r['read']:7.2f} s")
+    print(f"  PyMca way, Steel.cfg's weights (policy 2) {r['pymca']:7.2f} s   (h5py read + FastXRFLinearFit)")
+    print(f"  PyMca way, average weights (policy 1)     {r['pymca_w1']:7.2f} s")
+    print(f"  xrfproc.fit engine, same fit as PyMca     {r['step_same']:7.2f} s   {r['pymca'] / r['step_same']:5.1f}x "
+          f"the PyMca way, {r['step_same'] / r['read']:.2f}x the read; areas: median |rel diff| "
+          f"{r['median_rel_diff']:.1e} (lines > 1000 counts)")
+    print(f"  xrfproc.fit engine, defaults              {r['step_default']:7.2f} s   "
+          f"{r['pymca_w1'] / r['step_default']:5.1f}x the PyMca way with average weights, "
+          f"{r['pymca'] / r['step_default']:.1f}x with Steel.cfg's; {r['step_default'] / r['read']:.2f}x the read")
+    print(f"  cold process (xrfproc fit ... --mode engine, kernels cached) {r['cold']:7.2f} s   "
+          f"{r['cold'] / r['step_default']:.2f}x the warm call")
+
+
 def pymca_curve(fitter: pb.SpectrumFitter) -> tuple[np.ndarray, np.ndarray, int]:
     """PyMca's last full fit as (counts, fitted curve with background, free parameters) over its
     window, from the fitter's ``ClassMcaTheory`` (as its ``digestresult`` builds ``yfit``)."""
@@ -233,16 +328,29 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=3, help="interleaved repetitions of PyMca fast / engine (best kept)")
     ap.add_argument("--weight", type=int, default=None, choices=[0, 1, 2],
                     help="PyMca weight policy for fast/engine (default: as Steel.cfg says, i.e. 2)")
+    ap.add_argument("--only", choices=["step", "kernel", "precise"], nargs="+", default=["step", "kernel", "precise"],
+                    help="stages to run (step: the public xrfproc.fit on a file; kernel: the engine's fit alone)")
     args = ap.parse_args(argv)
     if args.quick:
         args.sizes, args.precise, args.refine = [30], 5, 200
     cfg, y = steel()
+    if "step" in args.only:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg_path = pb.write_config(cfg, Path(tmp) / "steel_snip.cfg")
+            for side in args.sizes:
+                load0 = os.getloadavg()[0]
+                r = bench_step(cfg, cfg_path, side, Path(tmp), args.repeat)
+                print_step(side, r, (load0, os.getloadavg()[0]))
+    if "kernel" not in args.only and "precise" not in args.only:
+        return
     # compile the engine's kernels once (numba caches them on disk afterwards)
     warm = resampled_map(y, 4)
     fit_map(build_model(cfg, warm.sum(axis=0, dtype=np.float64), nspectra=16, weight=args.weight), warm)
     print(f"fit benchmark: Steel.spe/Steel.cfg (SNIP), 2048 channels, weight policy "
           f"{'config' if args.weight is None else args.weight}")
-    for side in args.sizes:
+    for side in args.sizes if "kernel" in args.only else []:
         data = resampled_map(y, side)
         load0 = os.getloadavg()[0]
         r = bench_fast(cfg, data, args.weight, args.repeat)
@@ -261,6 +369,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{data.shape[0] - e['zeroed_pixels']} pixels without a zeroed group "
               f"({e['zeroed_pixels']} pixels with one)")
         del data
+    if "precise" not in args.only:
+        return
     r = bench_precise_refine(cfg, y, args.precise, args.refine)
     p, e = r["precise"], r["refine"]
     print(f"\ncalibration-drift map (zero +-20 eV, gain +-0.13 %), load average {os.getloadavg()[0]:.2f}:")

@@ -7,22 +7,40 @@ Long steps take ``progress=callable(done, total, message)``.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from . import store
-from .core import convert as _convert
 from .core.cnc import Cnc, read_cnc, write_cnc
-from .steps.detlim import detlim
-from .steps.imaging import correlation_plot, overview_images
-from .steps.normalise import normalise
-from .steps.quant import div_by_cnc, quantify
-from .steps.report import report
-from .steps.stats import kmeans, pca
-from .steps.tomo import tomo
+
+if TYPE_CHECKING:  # imported on first use (module __getattr__): `import xrfproc` stays light
+    from .steps.detlim import detlim
+    from .steps.imaging import correlation_plot, overview_images
+    from .steps.normalise import normalise
+    from .steps.quant import div_by_cnc, quantify
+    from .steps.report import report
+    from .steps.stats import kmeans, pca
+    from .steps.tomo import tomo
 
 log = logging.getLogger(__name__)
+
+#: steps re-exported as they are, imported when first used
+_LAZY = {"detlim": ".steps.detlim", "correlation_plot": ".steps.imaging", "overview_images": ".steps.imaging",
+         "normalise": ".steps.normalise", "div_by_cnc": ".steps.quant", "quantify": ".steps.quant",
+         "report": ".steps.report", "kmeans": ".steps.stats", "pca": ".steps.stats", "tomo": ".steps.tomo"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __package__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = ["convert", "inspect", "simulate", "simulate_reference", "demo_dataset", "fit", "normalise", "detlim",
            "read_cnc", "write_cnc", "Cnc", "make_config", "suggest_elements", "calibrate", "converter_kinds",
@@ -31,6 +49,8 @@ __all__ = ["convert", "inspect", "simulate", "simulate_reference", "demo_dataset
 
 def converter_kinds() -> list[str]:
     """The format names :func:`convert` accepts as ``kind``."""
+    from .core import convert as _convert
+
     return _convert.kinds()
 
 
@@ -63,6 +83,9 @@ def convert(source: str | Path | Sequence[str | Path], out: str | Path | None = 
     from .store.filters import check_compression
 
     compression = check_compression(compression)
+    from . import store
+    from .core import convert as _convert
+
     raw = _convert.read_any(source, kind=kind, **options)
     if out is None:
         out = _convert.default_output(source, options)

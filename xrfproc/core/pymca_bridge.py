@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import io
 import logging
 import os
@@ -27,11 +28,24 @@ import PyMca5 as _PyMca5
 from PyMca5 import PyMcaDataDir
 from PyMca5.PyMcaIO import ConfigDict as _ConfigDict
 from PyMca5.PyMcaIO import specfilewrapper as _specfile
-from PyMca5.PyMcaPhysics.xrf import ClassMcaTheory as _ClassMcaTheory
-from PyMca5.PyMcaPhysics.xrf import FastXRFLinearFit as _FastXRFLinearFit
-from PyMca5.PyMcaPhysics.xrf.XRFBatchFitOutput import OutputBuffer as _OutputBuffer
 
 log = logging.getLogger(__name__)
+
+
+class _LazyModule:
+    """A PyMca module imported on first use: its fit theory loads PyMca's element database (0.6 s),
+    which a process whose engine model comes from the cache never needs."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+_ClassMcaTheory = _LazyModule("PyMca5.PyMcaPhysics.xrf.ClassMcaTheory")
+_FastXRFLinearFit = _LazyModule("PyMca5.PyMcaPhysics.xrf.FastXRFLinearFit")
+_BatchFitOutput = _LazyModule("PyMca5.PyMcaPhysics.xrf.XRFBatchFitOutput")
 
 #: PyMca's version (part of the engine model cache key)
 PYMCA_VERSION = str(getattr(_PyMca5, "version", lambda: "unknown")()) if callable(getattr(_PyMca5, "version", None)) \
@@ -178,7 +192,7 @@ def fast_fit(spectra: np.ndarray, config: Mapping[str, Any], ysum: np.ndarray, *
     """
     spectra = np.asarray(spectra)
     fitter = _FastXRFLinearFit.FastXRFLinearFit()
-    outbuffer = _OutputBuffer(nosave=True, saveFit=bool(with_chi2))
+    outbuffer = _BatchFitOutput.OutputBuffer(nosave=True, saveFit=bool(with_chi2))
     with _stdout_to_log():
         out = fitter.fitMultipleSpectra(y=spectra, ysum=np.asarray(ysum, dtype=np.float64),
                                         configuration=copy.deepcopy(dict(config)), weight=weight,
