@@ -38,13 +38,13 @@ from typing import Sequence
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
-from scipy.optimize import minimize
 from scipy.signal import find_peaks
 
 from . import xraydata
-from .identify_model import (Ctx, auto_emin, context, family_columns, lines, nnls_gram, pileup_column, prepare,
+from .identify_model import (Ctx, auto_emin, context, family_columns, lines, pileup_column, prepare,
                              scatter_columns, self_convolution, template)
-from .identify_select import COMMON_K, COMMON_L, COMMON_M, Fit, Selector, penalty
+from .identify_refine import refine_calibration
+from .identify_select import COMMON_K, COMMON_L, COMMON_M, Selector, penalty
 from .snip import snip1d
 from .suggest import DEFAULT_CANDIDATES, _fwhm_sigma, _subgroups
 
@@ -159,55 +159,6 @@ def _build(y: np.ndarray, conv: np.ndarray, cal: Sequence[float], energy_keV: fl
         if cols:
             groups[s] = cols
     return ctx, fixed, groups
-
-
-def _refine(y: np.ndarray, net: np.ndarray, conv: np.ndarray, cal: list[float], energy_keV: float, emin: float,
-            noise: float, fano: float, members: Sequence[str], w_full: np.ndarray) -> tuple[list[float], float]:
-    """Refine zero, gain and noise (keV, keV/channel, keV FWHM) on the element families of ``members``
-    below the scatter region.
-
-    The offset is scanned first (+-100 eV in 10 eV steps, a quarter of a low-energy line's sigma):
-    a simplex started 20 eV off can settle on a neighbouring minimum where one element's Ka sits on
-    another's Kb. The simplex then moves the shifts at two energies of the lines (a quarter and
-    three quarters of their span) and the noise, nearly independent directions, unlike zero and gain.
-    """
-    if not members:
-        return cal, noise
-    n = y.size
-    ens = np.concatenate([lines(s, f, energy_keV, emin)[1] for s in members for f in ("K", "L", "M")])
-    ens = ens[(ens >= emin) & (ens < energy_keV)]
-    e1, e2 = (float(np.quantile(ens, 0.25)), float(np.quantile(ens, 0.75))) if ens.size else (2.0, 8.0)
-    if e2 - e1 < 1.0:
-        e1, e2 = e1 - 0.5, e2 + 0.5
-    ch1, ch2 = (e1 - cal[0]) / cal[1], (e2 - cal[0]) / cal[1]
-
-    def chi2(p: np.ndarray) -> float:
-        d1, d2, nz = p
-        dg = (d2 - d1) / (ch2 - ch1)
-        dz = d1 - dg * ch1
-        if abs(dz) > 0.12 or abs(dg) > 0.03 * cal[1] or not 0.04 <= nz <= 0.3:
-            return 1e300
-        ctx = context(n, [cal[0] + dz, cal[1] + dg, cal[2]], energy_keV, emin, nz, fano)
-        m = ctx.e < ctx.scatter_lo
-        cols = [t[m] for s in members for t in family_columns(s, ctx, cache=False).values()]
-        cols.append(pileup_column(conv, ctx)[m])
-        A = np.array(cols) * w_full[ctx.sl][m]
-        bw = net[ctx.sl][m] * w_full[ctx.sl][m]
-        a, _ = nnls_gram(A @ A.T, A @ bw, np.ones(len(A), bool))
-        return float(bw @ bw - 2 * a @ (A @ bw) + a @ (A @ A.T) @ a)
-
-    scan = [(chi2(np.array([d, d, noise])), d) for d in np.arange(-0.1, 0.1001, 0.01)]
-    x0 = min(scan)[1]
-    p0 = np.array([x0, x0, noise])
-    simplex = np.array([p0, p0 + [0.01, 0, 0], p0 + [0, 0.01, 0], p0 + [0, 0, 0.02]])
-    res = minimize(chi2, p0, method="Nelder-Mead",
-                   options={"initial_simplex": simplex, "maxfev": 120, "xatol": 2e-4, "fatol": 1e-3})
-    d1, d2, nz = res.x if res.fun < chi2(np.array([0.0, 0.0, noise])) else (0.0, 0.0, noise)
-    dg = (d2 - d1) / (ch2 - ch1)
-    dz = d1 - dg * ch1
-    log.info("identify: calibration refined by %+.1f eV at %.1f keV, %+.1f eV at %.1f keV, noise %.3f keV",
-             1e3 * d1, e1, 1e3 * d2, e2, nz)
-    return [cal[0] + dz, cal[1] + dg, cal[2]], float(nz)
 
 
 def _subgroup_columns(sel: Selector, sym: str, fam: str) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -430,15 +381,24 @@ def identify_elements(spectrum: np.ndarray, calibration: Sequence[float], energy
         return sel, sel.select([c for c in cands if c in groups])
 
     sel, members = select(cal, noise)
-    if refine:
+    cal0, noise0 = list(cal), noise
+    refined_on: list[frozenset[str]] = []
+    for _ in range(3 if refine else 0):
+        # refine (from the given calibration) on the strongest 8 of the selection and select again, until
+        # these are ones the calibration was refined on: a selection made 20 eV off can hold wrong
+        # elements that pull the first refinement
         fit = sel.fit(members)
         strength = {s: sum(a * a * sel.d.gdiag[j] for j, a in zip(fit.idx, fit.a) if sel.d.labels[j][0] == s)
                     for s in members}
         top = sorted(members, key=lambda s: -strength[s])[:8]
+        if frozenset(top) in refined_on:
+            break
+        refined_on.append(frozenset(top))
+        log.info("identify: selection %s; calibration refined on %s", ", ".join(members), ", ".join(top))
         w_full = np.zeros(y.size)
         w_full[sel.ctx.sl] = sel.w
-        first = int(sel.ctx.sl.start)
-        cal, noise = _refine(y, net, self_convolution(net, first), cal, energy_keV, emin_keV, noise, fano, top, w_full)
+        cal, noise = refine_calibration(y, net, self_convolution(net, int(sel.ctx.sl.start)), cal0, energy_keV,
+                                        emin_keV, noise0, fano, {s: list(sel.groups[s]) for s in top}, w_full)
         sel, members = select(cal, noise)
     # pattern: each sub-group expected at >= 3 sigma must be there
     while True:

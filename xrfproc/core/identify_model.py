@@ -22,7 +22,7 @@ from .suggest import _fwhm_sigma, _with_escape
 log = logging.getLogger(__name__)
 
 _SQRT2PI = float(np.sqrt(2.0 * np.pi))
-_LINE_CACHE: dict[tuple[str, str, float, float], tuple[list[str], np.ndarray, np.ndarray]] = {}
+_LINE_CACHE: dict[tuple, tuple] = {}
 _TEMPLATE_CACHE: "OrderedDict[tuple, np.ndarray | None]" = OrderedDict()
 _TEMPLATE_CACHE_SIZE = 4096
 
@@ -90,6 +90,15 @@ def context(n: int, cal: Sequence[float], energy_keV: float, emin: float, noise:
                np.abs(np.gradient(e)))
 
 
+def escaped_lines(sym: str, family: str, energy_keV: float, emin_keV: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`lines` of a family with their Si K escape peaks: energies (keV) and weights (cached)."""
+    key = (sym, family, round(energy_keV, 4), round(emin_keV, 4), "esc")
+    if key not in _LINE_CACHE:
+        _, en, w = lines(sym, family, energy_keV, emin_keV)
+        _LINE_CACHE[key] = _with_escape(en, w) if en.size else (en, w)
+    return _LINE_CACHE[key]
+
+
 def template(energies: np.ndarray, weights: np.ndarray, ctx: Ctx, broaden: float = 1.0,
              escape: bool = True) -> np.ndarray:
     """Gaussians (keV FWHM from ``ctx``'s noise and Fano, times ``broaden``) of ``weights`` at
@@ -121,7 +130,7 @@ def family_columns(sym: str, ctx: Ctx, cache: bool = True) -> dict[str, np.ndarr
             names, en, w = lines(sym, fam, ctx.energy_keV, ctx.emin)
             t = None
             if names and en.max() >= ctx.e[0] and en.min() <= ctx.e[-1]:
-                t = template(en, w, ctx)
+                t = template(*escaped_lines(sym, fam, ctx.energy_keV, ctx.emin), ctx, escape=False)
                 # evidence outside the scatter region is needed: a family living there is not identifiable
                 if not (t.sum() > 0.3 and t[ctx.e < ctx.scatter_lo].sum() > 0.25):
                     t = None

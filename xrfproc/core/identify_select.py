@@ -309,9 +309,11 @@ class Selector:
             The normal matrix (prior included).
         """
         idx = np.asarray(idx, dtype=np.int64)
-        w, bw = self.w, self.b * self.w
-        Ew = extra * w
-        Gbe = (self.d.C[idx] * w) @ Ew.T
+        nz = np.flatnonzero(np.any(extra != 0, axis=0))
+        win = slice(int(nz[0]), int(nz[-1]) + 1) if nz.size else slice(0, 0)
+        w, bw = self.w[win], self.b[win] * self.w[win]
+        Ew = extra[:, win] * w
+        Gbe = self.d.Cw[idx, win] @ Ew.T
         G = np.block([[self.d.gram(idx)[np.ix_(idx, idx)], Gbe], [Gbe.T, Ew @ Ew.T]])
         if ridge is not None:
             G[np.arange(idx.size, G.shape[0]), np.arange(idx.size, G.shape[0])] += ridge
