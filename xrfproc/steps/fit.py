@@ -15,9 +15,10 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -158,12 +159,38 @@ def _worker_state(cfg_text: str, mode: str, nbins: int, sumspec: np.ndarray, npi
     return state
 
 
+def read_rows(path: str, channel: str, rows: tuple[int, int], io_threads: int = 0) -> np.ndarray:
+    """The spectra of rows ``[rows[0], rows[1])`` of ``raw/<channel>/spectra`` (gzip chunks inflated on
+    ``io_threads`` threads, 0: one per core); shape ``(rows, *grid[1:], nbins)``."""
+    where = f"raw/{channel}/spectra"
+    with store.open_read(path) as f:
+        ds = store.require(f, where)
+        if ds.ndim == 1:
+            return np.asarray(store.read_dataset(ds, path, where))[None]
+        return np.asarray(store.read_dataset(ds, path, where, slice(rows[0], rows[1]), threads=io_threads))
+
+
+def _prefetched(argsets: Sequence[tuple], io_threads: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Fit the blocks in this process, reading block k+1 in a thread while block k is fitted."""
+    if not argsets:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="xrfproc-read") as pool:
+        nxt = pool.submit(read_rows, argsets[0][0], argsets[0][1], argsets[0][2], io_threads)
+        for k, a in enumerate(argsets):
+            block = nxt.result()
+            if k + 1 < len(argsets):
+                b = argsets[k + 1]
+                nxt = pool.submit(read_rows, b[0], b[1], b[2], io_threads)
+            yield k, fit_rows(*a, block=block)
+
+
 def fit_rows(path: str, channel: str, rows: tuple[int, int], mode: str, cfg_text: str, sumspec: np.ndarray,
              group_names: Sequence[str], npix: int, weight: int | None = None, refit: bool = True,
              chi2: bool = True, options: Mapping[str, Any] | None = None, delay: float = 0.0,
              io_threads: int = 0, model: Any = None, var_unit: np.ndarray | None = None,
              window: tuple[int, int] | None = None, mean_counts: float = 0.0, bkg_model: Any = None,
-             ysum_net: np.ndarray | None = None, ybar: np.ndarray | None = None) -> dict[str, Any]:
+             ysum_net: np.ndarray | None = None, ybar: np.ndarray | None = None,
+             block: np.ndarray | None = None) -> dict[str, Any]:
     """Fit the rows ``rows`` of ``raw/<channel>/spectra``: the task every scheduler runs.
 
     Reads its block from the file itself (workers only need the path on a shared file system),
@@ -171,13 +198,12 @@ def fit_rows(path: str, channel: str, rows: tuple[int, int], mode: str, cfg_text
     Returns ``names`` (str array), ``areas``/``sigma`` ``(nlines, n)``, ``chi2``/``failed`` ``(n,)`` and
     ``invalid`` (spectra with non-finite counts), all without dead-time correction. With
     ``var_unit`` (per-line variance of a pixel with ``mean_counts`` counts in ``window``, fixed
-    weights) the uncertainties are the Poisson ones of each pixel's counts.
+    weights) the uncertainties are the Poisson ones of each pixel's counts. ``block`` (the spectra
+    of ``rows``, already read: see :func:`read_rows`) skips the read.
     """
     where = f"raw/{channel}/spectra"
-    with store.open_read(path) as f:
-        ds = store.require(f, where)
-        block = (store.read_dataset(ds, path, where)[None] if ds.ndim == 1
-                 else store.read_dataset(ds, path, where, slice(rows[0], rows[1]), threads=io_threads))
+    if block is None:
+        block = read_rows(path, channel, rows, io_threads)
     nbins = block.shape[-1]
     flat = np.asarray(block).reshape(-1, nbins)
     invalid = int((~np.isfinite(flat).all(axis=1)).sum()) if flat.dtype.kind == "f" else 0
@@ -402,7 +428,9 @@ def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast"
 
     try:
         with runner:
-            for i, res in runner.map_unordered(fit_rows, (args(t) for t in todo)):
+            results = (_prefetched([args(t) for t in todo], io_threads) if runner.kind == "sync" and mode != "precise"
+                       else runner.map_unordered(fit_rows, (args(t) for t in todo)))
+            for i, res in results:
                 c, b = todo[i]
                 partial.save(c, b, res)
                 done_pix += int(res["chi2"].size)
