@@ -44,7 +44,7 @@ from . import xraydata
 from .identify_model import (Ctx, auto_emin, context, family_columns, lines, pileup_column, prepare,
                              scatter_columns, self_convolution, template)
 from .identify_refine import refine_calibration
-from .identify_select import COMMON_K, COMMON_L, COMMON_M, Selector, penalty
+from .identify_select import COMMON_K, COMMON_L, COMMON_M, Fit, Selector, penalty
 from .snip import snip1d
 from .suggest import DEFAULT_CANDIDATES, _fwhm_sigma, _subgroups
 
@@ -184,23 +184,59 @@ def _sigmas(a: np.ndarray, G: np.ndarray) -> np.ndarray:
     return sig
 
 
-def _pattern(sel: Selector, members: list[str], sym: str) -> dict[str, float]:
-    """Fitted / expected area of the testable sub-groups of ``sym`` (its other sub-groups and the
-    other elements' families fixed in ratio)."""
+def _ratio_columns(sel: Selector, fit: Fit, members: Sequence[str],
+                   freedom: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Columns that let the sub-group ratios of ``members`` deviate from the tabulated ones: one per
+    non-reference sub-group, its coefficient a family area added to the sub-group, free in sign,
+    with a Gaussian prior of ``freedom`` times the family's area in ``fit``.
+
+    Returns
+    -------
+    columns (n, nchan), prior ``1 / sigma^2`` (n,), owner element (n,)
+    """
+    extra, ridge, owner = [], [], []
+    for s in members:
+        for fam, area in fit.areas(s).items():
+            keys, share, cols = _subgroup_columns(sel, s, fam)
+            if len(keys) < 2 or area <= 0 or freedom <= 0:
+                continue
+            ref = int(np.argmax(share))
+            for i in range(len(keys)):
+                if i != ref and share[i] >= 0.02 * share.sum():
+                    extra.append(cols[i])
+                    ridge.append(1.0 / (freedom * area) ** 2)
+                    owner.append(s)
+    n = sel.ctx.e.size
+    return (np.array(extra) if extra else np.zeros((0, n))), np.array(ridge), np.array(owner, dtype=object)
+
+
+def _pattern(sel: Selector, members: list[str], sym: str, freedom: float = 0.0) -> dict[str, float]:
+    """Fitted / expected area of the testable sub-groups of ``sym``: its other sub-groups and the
+    other elements' families fixed in ratio, up to ``freedom`` (their sub-group ratios may deviate so
+    much; 0 in use: with it, Pb L3 under As Ka in PyMca's XRFSpectrum.mca leaves Pb's L1/L3 at 0.06).
+    A sub-group in the scatter region, where the Compton blend is free, is not testable."""
     out = {}
-    base = sel.columns([m for m in members if m != sym])
+    others = [m for m in members if m != sym]
+    base = sel.columns(others)
+    dev, ridge, _ = _ratio_columns(sel, sel.fit(members), others, freedom)
     for fam in sel.groups[sym]:
         keys, share, cols = _subgroup_columns(sel, sym, fam)
         if len(keys) < 2:
             continue
-        a, _, G = sel.fit_extra(base, cols)
+        names, en, w = lines(sym, fam, sel.ctx.energy_keV, sel.ctx.emin)
+        subs = _subgroups(fam, names)
+        e_mean = [float(en[subs[k]] @ w[subs[k]] / w[subs[k]].sum()) for k in keys]
+        a, _, G = sel.fit_extra(base, np.concatenate([dev, cols]), free=np.r_[np.ones(len(dev), bool),
+                                                                               np.zeros(len(cols), bool)],
+                                ridge=np.r_[ridge, np.zeros(len(cols))])
         sig = _sigmas(a, G)
-        sub_a, sub_s = a[len(base):], sig[len(base):]
+        sub_a, sub_s = a[len(base) + len(dev):], sig[len(base) + len(dev):]
         ref = int(np.argmax(share))
         if sub_a[ref] <= 0:
             continue
         for i, k in enumerate(keys):  # the columns' coefficients are family areas: equal if the ratios hold
-            if i != ref and share[i] >= 0.05 * share.sum() and sub_a[ref] >= 3 * sub_s[i]:
+            if (i != ref and share[i] >= 0.05 * share.sum() and sub_a[ref] >= 3 * sub_s[i]
+                    and e_mean[i] < sel.ctx.scatter_lo):
                 out[k] = float(sub_a[i] / sub_a[ref])
     return out
 
@@ -213,22 +249,9 @@ def _ratio_check(sel: Selector, members: list[str], freedom: float) -> list[str]
     while members:
         sel.reweight(members)
         fit = sel.fit(members)
-        extra, ridge, owner = [], [], []
-        for s in members:
-            for fam, area in fit.areas(s).items():
-                keys, share, cols = _subgroup_columns(sel, s, fam)
-                if len(keys) < 2 or area <= 0:
-                    continue
-                ref = int(np.argmax(share))
-                for i in range(len(keys)):
-                    if i != ref and share[i] >= 0.02 * share.sum():
-                        # coefficient: a family area added to the sub-group; prior sigma: freedom x the area
-                        extra.append(cols[i])
-                        ridge.append(1.0 / (freedom * area) ** 2)
-                        owner.append(s)
-        if not extra:
+        extra_a, ridge_a, owner_a = _ratio_columns(sel, fit, members, freedom)
+        if not len(extra_a):
             return members
-        extra_a, ridge_a, owner_a = np.array(extra), np.array(ridge), np.array(owner)
         _, chi2_all, _ = sel.fit_extra(sel.columns(members), extra_a, free=True, ridge=ridge_a)
         worst, worst_s = 0.0, None
         for s in members:
@@ -263,7 +286,7 @@ def _peaks(signal: np.ndarray, var: np.ndarray, ctx: Ctx, min_sig: float) -> lis
 
 
 def _evidence(sel: Selector, members: list[str], net: np.ndarray, noise: float, instr: set[str],
-              unexplained_sigma: float) -> Identification:
+              unexplained_sigma: float, freedom: float) -> Identification:
     ctx = sel.ctx
     sel.reweight(members)
     fit = sel.fit(members)
@@ -299,7 +322,7 @@ def _evidence(sel: Selector, members: list[str], net: np.ndarray, noise: float, 
             area={f: float(fit.a[i]) for i, f in fams}, sigma={f: float(sig[i]) for i, f in fams},
             significance=float(np.sqrt(max(chi2_wo - fit.chi2, 0.0))),
             peaks=[p for p in observed if s in p.explained_by], kind=kind,
-            pattern=_pattern(sel, members, s)))
+            pattern=_pattern(sel, members, s, 0.0)))
     elements.sort(key=lambda ev: -sum(ev.area.values()))
     resid = b - model
     unexplained = [p for p in _peaks(resid, var, ctx, unexplained_sigma) if p.energy_keV < ctx.scatter_lo]
@@ -406,7 +429,7 @@ def identify_elements(spectrum: np.ndarray, calibration: Sequence[float], energy
         fit = sel.fit(members)
         failed = []
         for s in members:
-            pat = _pattern(sel, members, s)
+            pat = _pattern(sel, members, s, 0.0)
             reading = sel.reading(s, fit)
             rare = (reading == "L" and s not in COMMON_L) or (reading == "M" and s not in COMMON_M)
             if any(v < 0.25 for v in pat.values()) or (rare and not pat):  # a rare reading must show its pattern
@@ -416,7 +439,7 @@ def identify_elements(spectrum: np.ndarray, calibration: Sequence[float], energy
         log.info("identify: %s dropped: line pattern incomplete", ", ".join(failed))
         members = sel.backward([m for m in members if m not in failed])
     members = _ratio_check(sel, members, ratio_freedom)
-    return _evidence(sel, members, net, noise, instr, unexplained_sigma)
+    return _evidence(sel, members, net, noise, instr, unexplained_sigma, ratio_freedom)
 
 
 __all__ = ["identify_elements", "Identification", "ElementEvidence", "Peak", "COMMON_K", "COMMON_L", "COMMON_M",

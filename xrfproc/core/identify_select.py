@@ -294,7 +294,7 @@ class Selector:
                 members = rest + [best_c]
         return members
 
-    def fit_extra(self, idx: Sequence[int], extra: np.ndarray, free: bool = False,
+    def fit_extra(self, idx: Sequence[int], extra: np.ndarray, free: bool | np.ndarray = False,
                   ridge: np.ndarray | None = None) -> tuple[np.ndarray, float, np.ndarray]:
         """NNLS of design columns ``idx`` and ``extra`` columns (nextra, nchan), these ``free`` of the
         bound if asked and with a Gaussian prior ``ridge`` (1 / sigma^2 of each coefficient).

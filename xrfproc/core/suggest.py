@@ -1,5 +1,8 @@
 """Which elements are in a spectrum? Peak positions and line ratios against xraylib's line tables.
 
+:func:`suggest_elements_spectrum` delegates to :func:`xrfproc.core.identify.identify_elements`;
+the NNLS-share scoring below (:func:`score_elements`) remains for the per-family scores of reports.
+
 Method
 ------
 1. The background is removed by SNIP (:func:`xrfproc.core.snip.snip1d`).
@@ -236,25 +239,44 @@ def suggest_elements_spectrum(spectrum: np.ndarray, calibration: Sequence[float]
                               snipwidth: int = 30, trace_fraction: float = 0.002, trace_sigma: float = 5.0,
                               min_local: float = 0.5,
                               escape: bool = True) -> list[str]:
-    """Propose the elements present in a spectrum (a pure function).
+    """Propose the elements present in a spectrum (a pure function): the names found by
+    :func:`xrfproc.core.identify.identify_elements` (line patterns, overlaps, parsimony).
 
-    An element is proposed when one of its excited K/L/M families holds at least ``min_fraction``
-    of all fitted fluorescence counts and is at least ``min_sigma`` standard deviations above zero,
-    or - a trace in a strong matrix, e.g. 20 ppm Pb in a silicate whose K, Ca and Si lines hold 70 %
-    of the counts - when it holds at least ``trace_fraction``, is at least ``trace_sigma`` standard
-    deviations above zero and explains at least ``min_local`` of the fitted counts under its own
-    lines (so the tail of a strong neighbour does not count). See :func:`score_elements` for the other parameters.
+    Parameters
+    ----------
+    spectrum : ndarray, shape (nbins,)
+        Counts per channel (a sum spectrum is best).
+    calibration : (zero, gain) or (zero, gain, quadratic)
+        Energy calibration (keV, keV/channel, keV/channel^2); refined within the identification.
+    energy_keV : float
+        Excitation energy (keV).
+    candidates : sequence of str, optional
+        Elements to consider (default :data:`DEFAULT_CANDIDATES`).
+    min_sigma : float
+        ``min_significance`` of the identification: a common element's K lines must lower the
+        chi-square by ``min_sigma^2``.
+    emin_keV : float
+        Lines below this energy (keV) are ignored.
+    noise, fano : float
+        Detector resolution (keV FWHM electronic noise, Fano factor).
+    snipwidth : int
+        SNIP width (channels) of the background.
+    min_fraction, trace_fraction, trace_sigma, min_local, escape
+        Options of the former NNLS-share method (:func:`score_elements`), accepted so callers keep
+        working; not used.
 
     Returns
     -------
     list of str
-        Element symbols, strongest first.
+        Element symbols, strongest first (Ar, air, included: it is fitted).
+
+    Raises
+    ------
+    InputError
+        For a spectrum that is not 1-D, has negative or no counts, a non-positive gain or energy,
+        or too few channels between ``emin_keV`` and the excitation energy.
     """
-    out: list[str] = []
-    for s in score_elements(spectrum, calibration, energy_keV, candidates=candidates, emin_keV=emin_keV,
-                            noise=noise, fano=fano, snipwidth=snipwidth, escape=escape):
-        major = s.fraction >= min_fraction and s.area >= min_sigma * s.sigma
-        trace = s.fraction >= trace_fraction and s.area >= trace_sigma * s.sigma and s.local >= min_local
-        if (major or trace) and s.element not in out:
-            out.append(s.element)
-    return out
+    from .identify import identify_elements
+
+    return identify_elements(spectrum, calibration, energy_keV, candidates=candidates, emin_keV=emin_keV,
+                             noise=noise, fano=fano, snipwidth=snipwidth, min_significance=min_sigma).names
