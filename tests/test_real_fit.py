@@ -143,3 +143,23 @@ def test_steel_through_the_steps_without_a_calibration(tmp_path):
     # nothing implausible for a steel: SRM 1155's certified elements, Steel.cfg's groups, and air
     allowed = set(ref["peaks"]) | set(ref["materials"]["SRM_1155_COMPLETE"]["CompoundList"]) | {"Ar"}
     assert set(found) <= allowed, set(found) - allowed
+
+
+def test_energy_from_the_fit_configuration_when_the_file_records_none(tmp_path):
+    """Steel.spe records no energy; after a fit with Steel.cfg (16 keV) the later steps know it."""
+    import h5py as _h5
+
+    from xrfproc import store
+
+    src = tmp_path / "Steel.spe"
+    shutil.copy(pymca_bridge.PYMCA_DATA_DIR / "Steel.spe", src)
+    h5 = xrfproc.convert(src)
+    with _h5.File(h5) as f:
+        assert store.recorded_energy(f) == (None, "")
+    cfg = pymca_bridge.read_config(pymca_bridge.PYMCA_DATA_DIR / "Steel.cfg")
+    cfg["fit"]["stripalgorithm"] = 1
+    xrfproc.fit(h5, pymca_bridge.write_config(cfg, tmp_path / "steel.cfg"), mode="engine")
+    with _h5.File(h5) as f:
+        energy, source = store.recorded_energy(f)
+    assert energy == pytest.approx(16.0) and "cfg_text" in source
+    assert set(xrfproc.suggest_elements(h5)) >= {"Fe", "Cr", "Ni"}  # no energy asked

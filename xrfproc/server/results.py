@@ -285,8 +285,8 @@ def sum_spectrum(path: Path, channel: str | None, max_points: int, emin_keV: flo
                              dataset=f"raw/{c}")
         g = f[f"raw/{c}"]
         y = np.asarray(g["sumspec"][()], dtype=np.float64) if "sumspec" in g else None
-        cal = g.attrs.get("calibration_keV")
-        excitation = num(f["raw"].attrs.get("energy_keV"))
+        cal, _ = store.recorded_calibration(f, c)
+        excitation = num(store.recorded_energy(f)[0])
         fitted = None
         chisq = None
         if f"fit/{c}/sum/int" in f:
@@ -295,8 +295,6 @@ def sum_spectrum(path: Path, channel: str | None, max_points: int, emin_keV: flo
                       np.asarray(fg["sum/bkg"][()]) if "sum/bkg" in fg else None,
                       np.asarray(fg["sum/stddev"][()]) if "sum/stddev" in fg else None)
             chisq = num(fg["sum"].attrs.get("chisq"))
-            if "calibration_keV" in fg["sum"].attrs:
-                cal = fg["sum"].attrs["calibration_keV"]
     if y is None:
         nb = None
         for _, block in store.iter_spectra_blocks(path, c):
@@ -306,8 +304,8 @@ def sum_spectrum(path: Path, channel: str | None, max_points: int, emin_keV: flo
         if y is None or nb is None:
             raise LayoutError("no spectra", path=path, dataset=f"raw/{c}/spectra")
     if cal is None:
-        raise LayoutError(f"raw/{c} has no energy calibration (attribute calibration_keV)", path=path,
-                          dataset=f"raw/{c}")
+        raise LayoutError(f"raw/{c} has no energy calibration (attribute calibration_keV): run calibrate first",
+                          path=path, dataset=f"raw/{c}")
     zero, gain = float(cal[0]), float(cal[1])
     ch = np.arange(y.size)
     e = zero + gain * ch

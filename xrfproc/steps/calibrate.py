@@ -53,7 +53,7 @@ def read_channel(path: Path, channel: str | int | None) -> tuple[str, np.ndarray
             for _, block in store.iter_spectra_blocks(path, c):
                 y += np.nansum(np.asarray(block, dtype=np.float64).reshape(-1, y.size), axis=0)
         cal = g.attrs.get("calibration_keV")
-        energy = f["raw"].attrs.get("energy_keV")
+        energy = store.recorded_energy(f)[0]
         calib = dict(f[f"calib/{c}"].attrs) if f"calib/{c}" in f else None
     info = {"stored": None if cal is None else tuple(float(v) for v in cal),
             "energy_keV": None if energy is None else float(energy), "npix": int(np.prod(shape[:-1])) or 1,

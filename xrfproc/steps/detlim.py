@@ -31,7 +31,8 @@ def detlim(h5file: str | Path, cncfile: str | Path, channel: str | None = None, 
     channel : str, optional
         One channel (``"channel00"``); default all fitted channels.
     energy_keV : float, optional
-        Excitation energy; default the one recorded at conversion (``raw@energy_keV``).
+        Excitation energy; default the one the file records (``raw@energy_keV``, else the ``[fit] energy``
+        of the stored fit configuration: :func:`xrfproc.store.recorded_energy`).
     incidence_deg, exit_deg : float
         Beam and detector angles to the sample surface, for the information depth.
     """
@@ -47,8 +48,8 @@ def detlim(h5file: str | Path, cncfile: str | Path, channel: str | None = None, 
             raise LayoutError("detection limits need raw/acquisition_time (the measuring time)", path=path,
                               dataset="raw/acquisition_time")
         total_time = float(np.nansum(t))
-        if energy_keV is None and "energy_keV" in f["raw"].attrs:
-            energy_keV = float(f["raw"].attrs["energy_keV"])
+        if energy_keV is None:
+            energy_keV = store.recorded_energy(f)[0]
         has_norm = "norm" in f
         I0norm = float(f["norm/I0"][()]) if has_norm else None
         per_channel = {}

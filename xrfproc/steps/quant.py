@@ -48,7 +48,7 @@ def _reference_yields(references: Sequence[str | Path], chan: str, norm: str | N
             if "elyield" not in f:
                 raise LayoutError("no elyield/ group: run detlim on this reference (fit, normalise, detlim) first",
                                   path=ref, dataset="elyield")
-            e_ref = float(f["raw"].attrs["energy_keV"]) if "raw" in f and "energy_keV" in f["raw"].attrs else None
+            e_ref = store.recorded_energy(f)[0]
             if energy and e_ref and abs(e_ref - energy) > 0.01 * energy:
                 log.warning("%s was measured at %.4g keV, the sample at %.4g keV: yields do not transfer", ref,
                             e_ref, energy)
@@ -151,7 +151,7 @@ def quantify(h5file: str | Path, references: str | Path | Sequence[str | Path], 
     incidence_deg, exit_deg : float
         Beam and detector angles to the sample surface.
     energy_keV : float, optional
-        Excitation energy; default ``raw@energy_keV``.
+        Excitation energy; default the one the file records (:func:`xrfproc.store.recorded_energy`).
     max_factor : float
         Self-absorption correction factors above this are flagged.
 
@@ -175,10 +175,10 @@ def quantify(h5file: str | Path, references: str | Path | Sequence[str | Path], 
         if not chans:
             raise LayoutError("no channel in norm/", path=path, dataset="norm")
         if energy_keV is None:
-            if "raw" not in f or "energy_keV" not in f["raw"].attrs:
-                raise InputError("the excitation energy is unknown: give energy_keV", path=path,
-                                 dataset="raw@energy_keV")
-            energy_keV = float(f["raw"].attrs["energy_keV"])
+            energy_keV = store.recorded_energy(f)[0]
+            if energy_keV is None:
+                raise InputError("the excitation energy is unknown (no raw@energy_keV and no fit configuration): "
+                                 "give energy_keV", path=path, dataset="raw@energy_keV")
         I0norm = float(store.require(f, "norm/I0")[()])
         data = {}
         for c in chans:
