@@ -230,3 +230,59 @@ def test_fit_reads_uint64_spectra(mode, fitted, tmp_path):
     with h5py.File(out, "r") as f:
         ims = f["fit/channel00/ims"][()]
     assert np.isfinite(ims[:, 1:, :]).all(), summary
+
+
+# --------------------------------------------------------------------------- 3. .cnc files: linear, bounded, regular
+def _cnc_rows(path: Path, nrows: int) -> Path:
+    head = bundled_cnc("nist613").read_text(encoding="latin-1").splitlines()[:7]
+    head[5] = str(nrows)
+    rows = [f"{(i % 98) + 1}\t1.0\t0" for i in range(nrows)]
+    path.write_text("\n".join(head + rows) + "\n", encoding="latin-1")
+    return path
+
+
+def test_cnc_with_many_rows_is_read_in_linear_time(tmp_path):
+    """100k rows (every Z repeated): was 9 s (a count per row), now well under a second or two."""
+    from xrfproc.core.cnc import read_cnc
+    from xrfproc.errors import ConfigError
+
+    path = _cnc_rows(tmp_path / "many.cnc", 100_000)
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"many\.cnc.*listed twice") as info:
+        read_cnc(path)
+    assert time.perf_counter() - t0 < 4.0
+    assert len(str(info.value)) < 300 and "\n" not in str(info.value)
+
+
+def test_cnc_that_is_not_a_regular_file_is_refused(tmp_path):
+    from xrfproc.core.cnc import read_cnc
+
+    zero = tmp_path / "zero.cnc"
+    zero.symlink_to("/dev/zero")
+    with pytest.raises(InputError, match=r"zero\.cnc.*not a regular file"):
+        read_cnc(zero)
+    with pytest.raises(InputError, match=r"zero\.cnc"):
+        api.read_cnc(zero)
+    fifo = tmp_path / "fifo.cnc"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match=r"fifo\.cnc.*not a regular file"):
+        read_cnc(fifo)
+    with pytest.raises(InputError, match=r"cnc_dir.*not a regular file"):
+        read_cnc((tmp_path / "cnc_dir").mkdir() or tmp_path / "cnc_dir")
+
+
+def test_cnc_larger_than_the_limit_is_refused(tmp_path, monkeypatch):
+    from xrfproc.core.cnc import read_cnc
+
+    big = tmp_path / "big.cnc"
+    with open(big, "wb") as fh:
+        fh.truncate(11 * 1024 * 1024)  # sparse: 11 MiB declared, nothing written
+    with pytest.raises(InputError, match=r"big\.cnc.*too large"):
+        read_cnc(big)
+    small = _cnc_rows(tmp_path / "small.cnc", 120)
+    monkeypatch.setenv("XRFPROC_MAX_CNC_BYTES", "100")
+    with pytest.raises(InputError, match=r"small\.cnc.*too large"):
+        read_cnc(small)
+    monkeypatch.delenv("XRFPROC_MAX_CNC_BYTES")
+    with pytest.raises(InputError, match=r"small\.cnc.*listed twice"):
+        read_cnc(small)

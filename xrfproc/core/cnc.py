@@ -19,7 +19,10 @@ areal unit (``ng/mm^2``, ``ug/cm^2``) for thin films such as AXO standards.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import stat
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +91,47 @@ class Cnc:
 
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "data" / "cnc"
 
+#: largest concentration file read (bytes; a real one is a few kB); ``XRFPROC_MAX_CNC_BYTES`` changes it
+MAX_CNC_BYTES = 10 * 1024 * 1024
+
+
+def max_cnc_bytes() -> int:
+    """Largest ``.cnc`` file :func:`read_cnc` reads (``XRFPROC_MAX_CNC_BYTES``, default 10 MiB)."""
+    env = os.environ.get("XRFPROC_MAX_CNC_BYTES", "")
+    return int(env) if env.isdigit() else MAX_CNC_BYTES
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The bytes of a regular file of at most :func:`max_cnc_bytes`, or a ConfigError naming it.
+
+    Devices, FIFOs and folders (also behind a symbolic link: ``/dev/zero`` never ends) are refused
+    before reading; at most one byte more than the limit is ever read, so a file growing meanwhile
+    is refused too.
+    """
+    limit = max_cnc_bytes()
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
+    except OSError as exc:
+        raise ConfigError(f"cannot read concentration file ({exc.strerror})", path=path) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError("not a regular file (a device, pipe or folder); a concentration file is a small "
+                              "text file", path=path)
+        if st.st_size > limit:
+            raise ConfigError(f"{st.st_size} bytes: too large for a concentration file (limit {limit} bytes, "
+                              "XRFPROC_MAX_CNC_BYTES)", path=path)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read concentration file ({exc.strerror})", path=path) from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ConfigError(f"more than {limit} bytes: too large for a concentration file (XRFPROC_MAX_CNC_BYTES)",
+                          path=path)
+    return data
+
 
 def bundled_cnc(name: str) -> Path:
     """Path of a reference ``.cnc`` shipped with xrfproc (``"nist613"`` or ``"nist613.cnc"``).
@@ -148,13 +192,11 @@ def read_cnc(path: str | Path) -> Cnc:
     ------
     ConfigError
         Naming the file and line: missing header, non-numeric values, a count that does not match
-        the rows, Z outside 1..98, negative concentrations, unknown units.
+        the rows, Z outside 1..98, negative concentrations, unknown units; a file that is not a
+        regular file or is larger than :func:`max_cnc_bytes` (a ConfigError is an InputError).
     """
     path = resolve_cnc(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read concentration file ({exc.strerror})", path=path) from None
+    raw = _read_bounded(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -199,8 +241,9 @@ def read_cnc(path: str | Path) -> Cnc:
                     n + extra)
         rest = rest[extra:]
     if len(set(z)) != len(z):
-        dup = sorted({v for v in z if z.count(v) > 1})
-        raise ConfigError(f"element(s) Z={dup} listed twice", path=path)
+        dup = sorted(v for v, k in Counter(z).items() if k > 1)
+        shown = ", ".join(map(str, dup[:12])) + (f", ... ({len(dup)} elements)" if len(dup) > 12 else "")
+        raise ConfigError(f"element(s) Z=[{shown}] listed twice", path=path)
     notes = [ln.strip() for ln in rest if ln.strip() and ln.strip().lower() != "notes"]
     cnc = Cnc(name=name, z=np.array(z, dtype=int), conc=np.array(conc), err=np.array(err), unit=unit,
               density=density, mass=mass, thickness=thickness, notes=notes, path=str(path))
