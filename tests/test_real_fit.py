@@ -163,3 +163,17 @@ def test_energy_from_the_fit_configuration_when_the_file_records_none(tmp_path):
         energy, source = store.recorded_energy(f)
     assert energy == pytest.approx(16.0) and "cfg_text" in source
     assert set(xrfproc.suggest_elements(h5)) >= {"Fe", "Cr", "Ni"}  # no energy asked
+
+
+def test_xrfspectrum_calibrated_from_its_peaks():
+    """PyMca's training spectrum (17.5 keV, a zero of -0.49 keV): its own calibration, from the peaks alone."""
+    from PyMca5.tests import XrfTest
+
+    from xrfproc.steps.calibrate import calibrate_spectrum
+
+    ref = pymca_bridge.config_from_text(XrfTest.cfg)["detector"]
+    y = pymca_bridge.read_spectrum_file(pymca_bridge.PYMCA_DATA_DIR / "XRFSpectrum.mca").astype(np.float64).ravel()
+    r = calibrate_spectrum(y, 17.5)
+    for energy in (3.0, 6.4, 10.0, 15.0):
+        ch = (energy - ref["zero"]) / ref["gain"]
+        assert abs(r["zero_keV"] + r["gain_keV"] * ch - energy) < 0.005, energy

@@ -314,7 +314,7 @@ def _detailed_score(cal: PeakCalibration, cands: list[Line], energy_keV: float |
                 total -= 0.5 * c.prior * float(np.log1p(p.significance))
     total -= 0.05 * cal.residual_eV
     # detectors are set up with a zero near 0 (a few tens of eV); hundreds of eV need strong evidence
-    total -= 4.0 * (cal.zero / 0.2) ** 2
+    total -= 1.0 * (cal.zero / 0.3) ** 2
     return total
 
 
