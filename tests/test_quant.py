@@ -172,7 +172,7 @@ def test_quantify_areal_norm_mask_and_div_by_cnc(tmp_path):
     path = _layout(tmp_path / "s.h5", names, ims, sums)
     mask = np.zeros(GRID, bool)
     mask[0, 0] = True
-    summary = quantify(path, ref, mask=mask)
+    summary = quantify(path, ref, mask=mask, yields="z")  # linear interpolation in Z, kept as an option
     ch = summary["channels"]["channel00"]
     assert ch["names"] == ["Fe K", "Cu K", "Zn K"] and ch["yield_origin"]["Cu K"] == "interpolated"
     y_cu = 2e-3 + 3 / 4 * 2e-3
@@ -249,7 +249,8 @@ def test_quantify_absorb_writes_ratio_and_flags(tmp_path):
     from xrfproc.core import absorption
     ea, eb = cq.line_energy("Fe Ka", 18.0), cq.line_energy("Fe Kb", 18.0)
     chi_a, chi_b = absorption.chi(matrix, 18.0, np.array([ea, eb]))
-    r_th = cq.theoretical_ka_kb("Fe", 18.0)
+    from xrfproc.core.geometry import PRESETS
+    r_th = cq.theoretical_ka_kb("Fe", 18.0, PRESETS["generic"])  # quantify's default geometry
     rhot = np.array([[2e-3, 5e-3, 1e-2], [2e-2, 1.0, 1e-3]])
     q = qm.ratio_model(rhot, chi_a, chi_b)
     q[1, 2] = 1.02  # no measurable absorption: nominal rho t

@@ -117,7 +117,8 @@ class Yields:
 
 
 def elemental_yields(names: list[str], norm_int: np.ndarray, norm_err: np.ndarray, I0norm: float, cnc: Cnc,
-                     energy_keV: float | None, incidence_deg: float = 45.0, exit_deg: float = 45.0) -> Yields:
+                     energy_keV: float | None, incidence_deg: float = 45.0, exit_deg: float = 45.0,
+                     composition: dict[int, float] | None = None) -> Yields:
     """Yields per line (see module docstring).
 
     Parameters
@@ -128,6 +129,9 @@ def elemental_yields(names: list[str], norm_int: np.ndarray, norm_err: np.ndarra
         The monitor value they are normalised to.
     energy_keV : float
         Excitation energy (needed for the matrix absorption of bulk references).
+    composition : dict of int to float, optional
+        The matrix mass fractions to use (:func:`xrfproc.core.matrixcomp.matrix_composition`);
+        default the file's fractions as given.
     """
     keep, skipped = [], []
     for i, name in enumerate(names):
@@ -150,7 +154,7 @@ def elemental_yields(names: list[str], norm_int: np.ndarray, norm_err: np.ndarra
         if rho <= 0:
             raise InputError(f"{cnc.name}: density must be positive for a bulk reference", path=cnc.path)
         thickness = cnc.thickness * 1e-4 if cnc.thickness > 0 else np.inf
-        comp = {int(z): w for z, w in cnc.mass_fractions().items()}
+        comp = composition if composition is not None else {int(z): w for z, w in cnc.mass_fractions().items()}
         energies = np.array([absorption.group_energy(n, energy_keV) for n in sel])
         d_eff = absorption.effective_thickness(absorption.chi(comp, energy_keV, energies, incidence_deg, exit_deg),
                                                rho, thickness) if sel else np.zeros(0)

@@ -66,6 +66,11 @@ class YieldTable:
         ``"measured"``, ``"interpolated"``, ``"extrapolated"`` or ``"reused"`` per line.
     missing : list of str
         Lines asked for that have no yield at all (left out).
+    sources : list of list of str
+        Per line, the measured lines its yield comes from (physics-based yields; empty otherwise).
+    far : list of bool
+        Per line, True when it is far from every measured line (larger stated uncertainty, warned).
+    warnings : list of str
     """
 
     names: list[str]
@@ -74,6 +79,9 @@ class YieldTable:
     n_refs: np.ndarray
     origin: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    sources: list[list[str]] = field(default_factory=list)
+    far: list[bool] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def get(self, name: str) -> tuple[float, float]:
         i = self.names.index(name)
@@ -185,6 +193,20 @@ def complete_yields(table: YieldTable, wanted: Sequence[str]) -> YieldTable:
                       n_refs=np.array(nref, dtype=int), origin=origin, missing=missing)
 
 
+def physics_yields(table: YieldTable, wanted: Sequence[str], energy_keV: float, geometry) -> YieldTable:
+    """Yields of the ``wanted`` lines: measured ones kept, the others from first principles scaled to the
+    measured ones (:func:`xrfproc.core.fpyields.scale_yields`; ``geometry`` a
+    :class:`~xrfproc.core.geometry.Geometry`, the yields already in it)."""
+    from . import fpyields
+
+    sc = fpyields.scale_yields(table.names, table.values, table.stddev, wanted, energy_keV, geometry)
+    nref = {n: int(k) for n, k in zip(table.names, table.n_refs)}
+    return YieldTable(names=sc.names, values=sc.values, stddev=sc.stddev,
+                      n_refs=np.array([nref.get(n, 0) if o == "measured" else 0 for n, o in zip(sc.names, sc.origin)],
+                                      dtype=int),
+                      origin=sc.origin, missing=sc.missing, sources=sc.sources, far=sc.far, warnings=sc.warnings)
+
+
 def merge_ka_kb(names: Sequence[str], ims: np.ndarray, stddev: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Sum ``"X Ka"`` and ``"X Kb"`` rows into one ``"X K"`` row (errors in quadrature).
 
@@ -252,15 +274,19 @@ def normalise_by_signal(ims: np.ndarray, stddev: np.ndarray, signal: np.ndarray,
     return out, err
 
 
-def theoretical_ka_kb(element: str | int, energy_keV: float) -> float:
-    """Unabsorbed Ka/Kb intensity ratio of ``element`` excited at ``energy_keV`` (xraylib).
+def theoretical_ka_kb(element: str | int, energy_keV: float, geometry=None) -> float:
+    """Ka/Kb intensity ratio of ``element`` excited at ``energy_keV`` as detected, without sample absorption.
 
     Ka = the KL lines, Kb = all other K lines (KM, KN, KO...), as PyMca's ``Ka``/``Kb`` groups;
-    ratio of the (cascade) fluorescence production cross sections. The detector efficiency ratio
-    (Be window) is not included: below 1e-3 for a Si drift detector at these energies.
+    ratio of the (cascade) fluorescence production cross sections (xraylib) times the detection
+    probability of each line in ``geometry`` (:class:`xrfproc.core.geometry.Geometry`: air path,
+    window, crystal): 2 cm of air lower Fe Ka/Kb by 1.2 %, as much as 3 um of an Fe-rich layer.
+    ``None``: no detection path (the ratio of the cross sections alone).
     """
     group = xraydata.line_group(element, "K")
     cs = xraydata.fluorescence_cs(element, group.lines, energy_keV)
+    if geometry is not None:
+        cs = cs * geometry.detection(group.energies)
     ka = np.array([ln.startswith("KL") for ln in group.lines])
     a, b = float(cs[ka].sum()), float(cs[~ka].sum())
     if a <= 0 or b <= 0:
@@ -286,5 +312,5 @@ def line_energy(name: str, energy_keV: float) -> float:
     return float(np.sum(w * group.energies[sel]) / w.sum())
 
 
-__all__ = ["SCATTER", "YieldTable", "split_name", "average_yields", "complete_yields", "merge_ka_kb",
+__all__ = ["SCATTER", "YieldTable", "split_name", "average_yields", "complete_yields", "physics_yields", "merge_ka_kb",
            "find_signal", "normalise_by_signal", "theoretical_ka_kb", "line_energy"]

@@ -34,6 +34,8 @@ class Detector:
         Solid angle of the detector (sr).
     be_window_um : float
         Be window thickness (um); 0 for none.
+    air_path_cm : float
+        Air between the sample and the window (cm; dry air, :data:`xrfproc.core.geometry.AIR`); 0 for none.
     si_thickness_mm : float
         Si crystal thickness (mm); 0 for an ideal absorber.
     dead_time_s : float
@@ -55,11 +57,20 @@ class Detector:
     fano: float = 0.114
     solid_angle_sr: float = 0.05
     be_window_um: float = 8.0
+    air_path_cm: float = 0.0
     si_thickness_mm: float = 0.45
     dead_time_s: float = 2.0e-7
     escape: bool = True
     background: float = 0.2
     compton_width: float = 0.012
+
+    def geometry(self, geometry: "Geometry | None" = None):
+        """The :class:`xrfproc.core.geometry.Geometry` this detector (and the simulator's angles) stand for."""
+        from .geometry import Geometry as QGeometry
+        g = geometry or Geometry()
+        return QGeometry(incidence_deg=g.incidence_deg, exit_deg=g.exit_deg, air_path_cm=self.air_path_cm,
+                         window="Be", window_um=self.be_window_um, crystal="Si", crystal_mm=self.si_thickness_mm,
+                         name="simulated")
 
     @property
     def calibration(self) -> tuple[float, float, float]:
@@ -76,9 +87,13 @@ class Detector:
         return np.sqrt((self.noise / _FWHM) ** 2 + _EPAIR * self.fano * e)
 
     def efficiency(self, energy_keV: np.ndarray | float) -> np.ndarray:
-        """Fraction of photons of ``energy_keV`` absorbed in the crystal (Be window included)."""
+        """Fraction of photons of ``energy_keV`` leaving the sample towards the detector that are absorbed in
+        the crystal (air path and Be window included)."""
         e = np.atleast_1d(np.asarray(energy_keV, dtype=np.float64))
         eff = np.ones_like(e)
+        if self.air_path_cm > 0:
+            from .geometry import AIR, AIR_DENSITY
+            eff *= np.exp(-xd.compound_attenuation(AIR, e) * AIR_DENSITY * self.air_path_cm)
         if self.be_window_um > 0:
             eff *= np.exp(-xd.mass_attenuation("Be", e)[0] * _RHO_BE * self.be_window_um * 1e-4)
         if self.si_thickness_mm > 0:

@@ -211,7 +211,8 @@ def simulate_map(concentrations: Mapping[str, Any], matrix: Mapping[str, float],
     if not dets:
         raise InputError("at least one detector is needed")
     for d in dets:
-        if d.nbins < 2 or d.gain <= 0 or d.noise <= 0 or d.solid_angle_sr <= 0 or d.dead_time_s < 0:
+        if (d.nbins < 2 or d.gain <= 0 or d.noise <= 0 or d.solid_angle_sr <= 0 or d.dead_time_s < 0
+                or not d.air_path_cm >= 0):
             raise InputError(f"invalid detector parameters: {d}")
     geometry, beam, pattern = geometry or Geometry(), beam or Beam(), pattern or ScanPattern()
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)

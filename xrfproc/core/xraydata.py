@@ -215,6 +215,29 @@ def jump_factor(element: Element, shell: str) -> float:
         return 0.0
 
 
+def element_density(element: Element) -> float:
+    """Density of the pure element (g/cm3, xraylib ``ElementDensity``)."""
+    try:
+        return float(xraylib.ElementDensity(atomic_number(element)))
+    except ValueError:
+        raise InputError(f"no density known for {element!r}") from None
+
+
+def formula_mass_fractions(formula: str) -> dict[int, float]:
+    """Mass fractions ``{Z: w}`` of a chemical formula (``"SiO2"``, ``"C6H10O5"``; xraylib ``CompoundParser``).
+
+    Raises
+    ------
+    InputError
+        When xraylib cannot parse the formula.
+    """
+    try:
+        cp = xraylib.CompoundParser(str(formula).strip())
+    except (ValueError, TypeError):
+        raise InputError(f"{formula!r} is not a chemical formula (expected e.g. 'SiO2', 'C6H10O5')") from None
+    return {int(z): float(w) for z, w in zip(cp["Elements"], cp["massFractions"])}
+
+
 # --------------------------------------------------------------------------- attenuation
 def _zarray(elements: Element | Sequence[Element] | np.ndarray) -> np.ndarray:
     if isinstance(elements, (str, int, np.integer)):
@@ -300,6 +323,6 @@ def compton_energy(energy_keV: float, theta_rad: float) -> float:
 __all__ = [
     "FAMILIES", "LineGroup", "atomic_number", "symbol", "atomic_weight", "parse_group", "line_macro",
     "line_energy", "radiative_rate", "line_group", "fluorescence_cs", "edge_energy", "fluorescence_yield",
-    "jump_factor", "mass_attenuation", "photo_absorption", "composition_arrays", "compound_attenuation",
+    "jump_factor", "element_density", "formula_mass_fractions", "mass_attenuation", "photo_absorption", "composition_arrays", "compound_attenuation",
     "rayleigh_dcs", "compton_dcs", "compton_energy",
 ]

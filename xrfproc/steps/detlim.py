@@ -1,6 +1,7 @@
 """The detection-limit step: ``fit/`` + ``norm/`` of a reference measurement -> ``detlim/``, ``elyield/``."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,13 +11,16 @@ import numpy as np
 from .. import store
 from ..core import detlim as core_detlim
 from ..core.cnc import read_cnc
+from ..core.matrixcomp import matrix_composition
 from ..errors import LayoutError
+from .geometry import geometry_for
 
 log = logging.getLogger(__name__)
 
 
 def detlim(h5file: str | Path, cncfile: str | Path, channel: str | None = None, energy_keV: float | None = None,
-           incidence_deg: float = 45.0, exit_deg: float = 45.0) -> dict[str, Any]:
+           incidence_deg: float | None = None, exit_deg: float | None = None, geometry: Any = None,
+           fractions: str = "normalise") -> dict[str, Any]:
     """Detection limits (1 s and 1000 s) and elemental yields of a reference-material measurement.
 
     Writes ``detlim/<cnc>/channelXX/{1s,1000s}/{data,stddev}, names`` (unit ppm) and, when the file
@@ -33,8 +37,17 @@ def detlim(h5file: str | Path, cncfile: str | Path, channel: str | None = None, 
     energy_keV : float, optional
         Excitation energy; default the one the file records (``raw@energy_keV``, else the ``[fit] energy``
         of the stored fit configuration: :func:`xrfproc.store.recorded_energy`).
-    incidence_deg, exit_deg : float
-        Beam and detector angles to the sample surface, for the information depth.
+    incidence_deg, exit_deg : float, optional
+        Beam and detector angles to the sample surface, for the information depth; default those of
+        the geometry.
+    geometry : str, dict or Geometry, optional
+        The measurement geometry (:mod:`xrfproc.core.geometry`); default the file's ``geometry``
+        group, else ``generic``. Recorded in ``elyield/<cnc>/channelXX@geometry`` (JSON) so that
+        ``quantify`` can move the yields to a sample measured in another geometry.
+    fractions : str
+        How a composition that does not sum to 100 % is used for the matrix absorption
+        (:mod:`xrfproc.core.matrixcomp`; the same rule as ``quantify``): ``"normalise"``,
+        ``"as_given"`` or the formula of the missing part. The handling is recorded.
     """
     path = Path(h5file)
     cnc = read_cnc(cncfile)
@@ -50,6 +63,7 @@ def detlim(h5file: str | Path, cncfile: str | Path, channel: str | None = None, 
         total_time = float(np.nansum(t))
         if energy_keV is None:
             energy_keV = store.recorded_energy(f)[0]
+        geo = geometry_for(f, geometry, incidence_deg, exit_deg)
         has_norm = "norm" in f
         I0norm = float(f["norm/I0"][()]) if has_norm else None
         per_channel = {}
@@ -62,13 +76,20 @@ def detlim(h5file: str | Path, cncfile: str | Path, channel: str | None = None, 
             if has_norm and f"norm/{c}/sum/int" in f:
                 norm = (np.asarray(f[f"norm/{c}/sum/int"][()]), np.asarray(f[f"norm/{c}/sum/int_stddev"][()]))
             per_channel[c] = (names, ip, ib, norm)
-    results, summary = {}, {"file": str(path), "cnc": str(cncfile), "channels": {}, "warnings": []}
+    results, summary = {}, {"file": str(path), "cnc": str(cncfile), "channels": {}, "warnings": [],
+                            "geometry": geo.as_dict()}
+    comp, matrix_record = None, None
+    if not cnc.areal:
+        comp, matrix_record, wmsg = matrix_composition(cnc, fractions)
+        if wmsg:
+            summary["warnings"].append(wmsg)
+    summary["matrix"] = matrix_record
     for c, (names, ip, ib, norm) in per_channel.items():
         dls = core_detlim.detection_limits(names, ip, ib, total_time, cnc) if not cnc.areal else None
         ylds = None
         if norm is not None:
             ylds = core_detlim.elemental_yields(names, norm[0], norm[1], I0norm, cnc, energy_keV,
-                                                incidence_deg, exit_deg)
+                                                geo.incidence_deg, geo.exit_deg, composition=comp)
         else:
             summary["warnings"].append(f"{c}: no norm/ group, elemental yields not computed (run normalise)")
         results[c] = (dls, ylds)
@@ -78,8 +99,9 @@ def detlim(h5file: str | Path, cncfile: str | Path, channel: str | None = None, 
             "skipped": dls.skipped if dls else [],
         }
     replace = [f"detlim/{tag}"] + ([f"elyield/{tag}"] if any(y for _, y in results.values()) else [])
-    params = {"cnc": str(cncfile), "energy_keV": energy_keV, "incidence_deg": incidence_deg, "exit_deg": exit_deg,
-              "total_time_s": total_time}
+    params = {"cnc": str(cncfile), "energy_keV": energy_keV, "incidence_deg": geo.incidence_deg,
+              "exit_deg": geo.exit_deg, "total_time_s": total_time, "geometry": geo.as_dict(), "fractions": fractions,
+              "matrix_fractions": matrix_record}
     with store.transaction(path, "detlim", replace=replace, params=params,
                            inputs=[f"fit/{c}/sum" for c in results] + [f"norm/{c}/sum" for c in results]) as tx:
         for c, (dls, ylds) in results.items():
@@ -98,4 +120,7 @@ def detlim(h5file: str | Path, cncfile: str | Path, channel: str | None = None, 
                 store.write_array(g, "stddev", ylds.stddev)
                 store.write_array(g, "d_eff_cm", ylds.d_eff_cm)
                 g["yield"].attrs["unit"] = ylds.unit
+                g.attrs["geometry"] = json.dumps(geo.as_dict())
+                if matrix_record is not None:
+                    g.attrs["matrix_fractions"] = json.dumps(matrix_record)
     return summary

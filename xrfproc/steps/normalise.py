@@ -249,6 +249,9 @@ def normalise(h5file: str | Path, I0norm: float | None = None, snake: bool = Fal
         if "deadtime_corrected" not in src.attrs:
             log.info("%s/ has no dead-time flag: assuming the fit step corrected dead time, as xrf_proc did", datadir)
         I0 = np.asarray(store.read_dataset(store.require(f, "raw/I0"), path, "raw/I0"), dtype=np.float64)
+        i0_units = f["raw/I0"].attrs.get("units", "unknown")
+        i0_units = i0_units.decode() if isinstance(i0_units, bytes) else str(i0_units)
+        dwell_s = f["raw"].attrs.get("dwell_s") if "dwell_s" in f["raw"].attrs else None
         t = f["raw/acquisition_time"][()] if "raw/acquisition_time" in f else None
         cmd = f["cmd"][()] if "cmd" in f else b""
         cmd = cmd.decode("utf8", "replace") if isinstance(cmd, bytes) else str(cmd)
@@ -273,6 +276,11 @@ def normalise(h5file: str | Path, I0norm: float | None = None, snake: bool = Fal
             info[c] = _Channel(c, names, "stddev" in g, sums)
 
     factors = core_norm.norm_factors(I0, I0norm, t, tmnorm)
+    if dwell_s is None and t is not None:
+        tt_ = np.asarray(t, dtype=np.float64)
+        dwell_s = float(np.nanmedian(tt_)) if tt_.size and np.isfinite(tt_).any() else None
+    # what norm/ is per (read by quantify: xrfproc.steps.normbasis)
+    basis = {"I0_units": i0_units, "tmnorm": bool(tmnorm), "dwell_s": float(dwell_s) if dwell_s else float("nan")}
     warnings = list(factors.warnings)
     scan = core_regrid.grid_from_command(cmd) if cmd else None
     tt = core_regrid.is_time_triggered(grid, scan) if timetriggered is None else bool(timetriggered)
@@ -308,7 +316,7 @@ def normalise(h5file: str | Path, I0norm: float | None = None, snake: bool = Fal
     summary: dict[str, Any] = {"file": str(path), "I0norm": factors.I0norm, "masked_points": factors.masked,
                                "time_triggered": tt, "channels": {}}
     try:
-        _write(path, info, geo, factors, partial, params, summary, warnings, inline_limit)
+        _write(path, info, geo, factors, partial, params, summary, warnings, inline_limit, basis)
     except XrfError:
         partial.discard()  # a full disk, a read-only folder: the saved images would only hold on to space
         raise
@@ -352,8 +360,12 @@ def _normalise_images(path: Path, datadir: str, info: dict[str, _Channel], saved
 
 def _write(path: Path, info: dict[str, _Channel], geo: _Geometry, factors: core_norm.NormFactors,
            partial: blocks_store.PartialResults, params: dict[str, Any], summary: dict[str, Any],
-           warnings: list[str], inline_limit: int) -> None:
-    """Write ``norm/`` in one transaction, streaming the saved images into chunked datasets."""
+           warnings: list[str], inline_limit: int, basis: dict[str, Any] | None = None) -> None:
+    """Write ``norm/`` in one transaction, streaming the saved images into chunked datasets.
+
+    ``basis`` (``I0_units``, ``tmnorm``, ``dwell_s``) is written as attributes of ``norm``: what the
+    normalised intensities are per (see :mod:`xrfproc.steps.normbasis`).
+    """
     datadir = params["datadir"]
     with store.transaction(path, "normalise", replace=["norm"], params=params,
                            inputs=[f"{datadir}/{c}/ims" for c in info] + ["raw/I0"]) as tx:
@@ -361,6 +373,8 @@ def _write(path: Path, info: dict[str, _Channel], geo: _Geometry, factors: core_
         store.write_array(g, "I0", factors.I0norm)
         g.attrs["unit"] = "counts per I0norm" + (" per s" if params["tmnorm"] else "")
         g.attrs["deadtime"] = "corrected once, in the fit step"
+        for k, v in (basis or {}).items():
+            g.attrs[k] = v
         if geo.slow is not None:
             m1g, m2g = np.meshgrid(geo.slow, geo.fast, indexing="ij")
             store.write_array(g, "mot1", m1g)

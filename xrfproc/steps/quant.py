@@ -14,10 +14,15 @@ import numpy as np
 
 from .. import store
 from ..core import absorption
+from ..core import fpyields
+from ..core import geometry as cgeo
 from ..core import quant as cq
 from ..core import quant_maps as qm
 from ..core.cnc import AREAL_UNITS, Cnc, read_cnc
+from ..core.matrixcomp import matrix_composition
 from ..errors import ConfigError, InputError, LayoutError
+from . import normbasis as nb
+from .geometry import file_geometry, geometry_for
 
 log = logging.getLogger(__name__)
 
@@ -30,24 +35,53 @@ def _as_cnc(value: Any) -> Cnc:
     return value if isinstance(value, Cnc) else read_cnc(value)
 
 
-def _composition(cnc: Cnc) -> dict[int, float]:
-    comp = cnc.mass_fractions()
-    total = sum(comp.values())
-    if total <= 0:
-        raise ConfigError(f"{cnc.name}: the composition has no positive concentration", path=cnc.path)
-    return {z: w / total for z, w in comp.items()}
+def _reference_geometry(f: Any, g: Any, sample: cgeo.Geometry) -> tuple[cgeo.Geometry, str]:
+    """The geometry a reference's yields were measured in: ``elyield/..@geometry`` (what detlim used), the
+    file's ``geometry`` group, else the sample's (assumed)."""
+    import json
+
+    if "geometry" in g.attrs:
+        text = g.attrs["geometry"]
+        return cgeo.resolve(json.loads(text.decode() if isinstance(text, bytes) else str(text))), "recorded by detlim"
+    geo = file_geometry(f)
+    if geo is not None:
+        return geo, "the file's geometry group"
+    return sample, "not recorded: assumed the sample's"
 
 
-def _reference_yields(references: Sequence[str | Path], chan: str, norm: str | None, energy: float | None
+def _reference_yields(references: Sequence[str | Path], chan: str, norm: str | None, energy: float | None,
+                      geometry: cgeo.Geometry | None = None, basis: nb.NormBasis | None = None,
+                      units: str | None = None, sample_path: Path | None = None, info: dict | None = None
                       ) -> tuple[list[tuple[list[str], np.ndarray, np.ndarray]], list[str]]:
-    """Yield tables of every reference for one channel (per ``norm`` signal when given)."""
+    """Yield tables of every reference for one channel (per ``norm`` signal when given).
+
+    With ``geometry`` (the sample's), each reference's yields are moved from the geometry they were
+    measured in to it (:func:`xrfproc.core.fpyields.to_geometry`). With ``basis`` (the sample's
+    normalisation, no ``norm`` signal), a reference normalised differently is refused unless
+    ``units="convert"`` (both turned into counts per I0 count) or ``"ignore"``. ``info`` collects, per
+    reference, its geometry and normalisation.
+    """
     tables, labels = [], []
+    info = {} if info is None else info
     for ref in references:
         ref = Path(ref)
         with store.open_read(ref) as f:
             if "elyield" not in f:
                 raise LayoutError("no elyield/ group: run detlim on this reference (fit, normalise, detlim) first",
                                   path=ref, dataset="elyield")
+            rbasis = nb.norm_basis(f, ref) if "norm" in f else None
+            if basis is not None and norm is None and rbasis is not None and units != "ignore":
+                diff = nb.compare(basis, rbasis)
+                if diff and units != "convert":
+                    raise InputError(
+                        f"sample {sample_path} and reference {ref} are normalised differently: {'; '.join(diff)} "
+                        f"(sample: {basis.describe()}; reference: {rbasis.describe()}). Give units='convert' to turn "
+                        f"both into counts per I0 count with their dwell times, units='ignore' to use them as they "
+                        f"are, or normalise by a scatter peak (norm='Compt')", path=ref, dataset="norm")
+                if units == "convert" and not (basis.convertible and rbasis.convertible):
+                    raise InputError(f"cannot convert the normalisation of {ref} ({rbasis.describe()}) or of the "
+                                     f"sample {sample_path} ({basis.describe()}) into counts per I0 count", path=ref)
+            info.setdefault(str(ref), {})["normalisation"] = rbasis.as_dict() if rbasis is not None else None
             e_ref = store.recorded_energy(f)[0]
             if energy and e_ref and abs(e_ref - energy) > 0.01 * energy:
                 log.warning("%s was measured at %.4g keV, the sample at %.4g keV: yields do not transfer", ref,
@@ -59,6 +93,13 @@ def _reference_yields(references: Sequence[str | Path], chan: str, norm: str | N
                 names = store.decode_names(store.require(g[chan], "names")[()])
                 y = np.asarray(store.require(g[chan], "yield")[()], dtype=np.float64)
                 s = np.asarray(store.require(g[chan], "stddev")[()], dtype=np.float64)
+                if norm is None and units == "convert" and rbasis is not None:
+                    y, s = y * rbasis.to_counts_per_i0, s * rbasis.to_counts_per_i0
+                if geometry is not None:
+                    rgeo, how = _reference_geometry(f, g[chan], geometry)
+                    info.setdefault(str(ref), {})["geometry"] = {**rgeo.as_dict(), "source": how}
+                    if energy:
+                        y, s = fpyields.to_geometry(names, y, s, energy, rgeo, geometry)
                 if norm is not None:
                     ng = store.require(f, f"norm/{chan}", "group (the reference is not normalised)")
                     rnames = store.decode_names(ng["names"][()])
@@ -112,13 +153,19 @@ def _quantify_vectors(names: list[str], ims: np.ndarray, std: np.ndarray, I0norm
 
 def quantify(h5file: str | Path, references: str | Path | Sequence[str | Path], channel: Any = None,
              norm: str | None = None, absorb: tuple[Sequence[str] | str, Any] | None = None, snake: bool = False,
-             mask: Any = None, matrix: Any = None, incidence_deg: float = 45.0, exit_deg: float = 45.0,
-             energy_keV: float | None = None, max_factor: float = 100.0) -> dict[str, Any]:
+             mask: Any = None, matrix: Any = None, incidence_deg: float | None = None, exit_deg: float | None = None,
+             energy_keV: float | None = None, max_factor: float = 100.0, geometry: Any = None,
+             yields: str = "physics", units: str | None = None, fractions: str = "normalise") -> dict[str, Any]:
     """Quantify the normalised maps of a sample with the elemental yields of reference measurements.
 
     Writes ``quant/channelXX/{ims, stddev, names, refs, sum/int, sum/int_stddev, yield, yield_stddev,
-    yield_origin}`` and, with ``absorb``, ``ratio_exp``, ``ratio_th``, ``rhot``, ``absorb_flag``,
-    ``factor``, all in one transaction (``ims@unit`` says ppm or ug/cm^2).
+    yield_origin, yield_sources, dl, below_dl, sum/dl}`` and, with ``absorb``, ``ratio_exp``, ``ratio_th``,
+    ``rhot``, ``absorb_flag``, ``factor``, all in one transaction (``ims@unit`` says ppm or ug/cm^2).
+
+    Detection limits: ``dl`` (same shape and unit as ``ims``) is what three standard deviations of
+    the pixel's net intensity (``norm/.../stddev``, counting statistics of the fit) quantify to;
+    ``below_dl`` (uint8, 1 where ``ims < dl``) flags the pixels below it, and the summary gives per
+    line the fraction flagged; ``sum/dl`` the same for the sums.
 
     Parameters
     ----------
@@ -127,8 +174,9 @@ def quantify(h5file: str | Path, references: str | Path | Sequence[str | Path], 
     references : path or list of paths
         Reference measurements holding ``elyield/`` (run ``detlim`` on them first). Yields of a
         line found in several are averaged (standard error of the mean); lines no reference has get
-        interpolated/extrapolated yields in Z within their family, lines with none are reported
-        and left out.
+        yields from first principles scaled to the measured ones (``yields="physics"``, see
+        :mod:`xrfproc.core.fpyields`) or interpolated linearly in Z within their family
+        (``yields="z"``); lines with none are reported and left out.
     channel : str or int, optional
         One channel; default every normalised channel.
     norm : str, optional
@@ -148,18 +196,34 @@ def quantify(h5file: str | Path, references: str | Path | Sequence[str | Path], 
         Without ``absorb``: a homogeneous matrix (composition, density, thickness in um; 0 =
         infinitely thick) to convert probed areal concentrations to ppm. Without both: the
         results are probed areal concentrations in ug/cm^2 (thin films).
-    incidence_deg, exit_deg : float
-        Beam and detector angles to the sample surface.
+    incidence_deg, exit_deg : float, optional
+        Beam and detector angles to the sample surface; default those of the geometry.
     energy_keV : float, optional
         Excitation energy; default the one the file records (:func:`xrfproc.store.recorded_energy`).
     max_factor : float
         Self-absorption correction factors above this are flagged.
+    geometry : str, dict or Geometry, optional
+        The sample's measurement geometry (:mod:`xrfproc.core.geometry`: a preset such as
+        ``"aps-2ide"``, or fields); default the file's ``geometry`` group, else ``generic``. Used by the
+        physics-based yields, to move reference yields measured in another geometry, and for the
+        theoretical Ka/Kb ratio (air path, window and crystal).
+    yields : {"physics", "z"}
+        How lines the references lack get a yield (see ``references``).
+    units : {None, "convert", "ignore"}
+        Sample and references normalised differently (I0 a rate in one, counts in the other;
+        different time normalisation or dwell: :mod:`xrfproc.steps.normbasis`) are refused (None);
+        ``"convert"`` turns both into counts per I0 count with their dwell times, ``"ignore"`` uses
+        them as they are. Not checked with ``norm`` (a scatter signal cancels the monitor).
+    fractions : str
+        How a matrix composition that does not sum to 100 % is used (:mod:`xrfproc.core.matrixcomp`):
+        ``"normalise"``, ``"as_given"`` or the formula of the missing part.
 
     Returns
     -------
     dict
-        ``{"file", "unit", "channels": {c: {"names", "missing", "yield_origin", "refs", "normaliser",
-        "flags", "mean"}}, "warnings"}``.
+        ``{"file", "unit", "geometry", "normalisation", "references", "matrix", "channels": {c: {"names",
+        "missing", "yield_origin", "yield_sources", "refs", "normaliser", "flags", "mean", "below_dl"}},
+        "warnings"}``.
     """
     path = Path(h5file)
     refs = [references] if isinstance(references, (str, Path)) else list(references)
@@ -168,6 +232,11 @@ def quantify(h5file: str | Path, references: str | Path | Sequence[str | Path], 
     if absorb is not None and matrix is not None:
         raise ConfigError("give either matrix= (homogeneous matrix) or absorb= (per-pixel self-absorption, "
                           "whose concentration file is the matrix), not both")
+    if yields not in ("physics", "z"):
+        raise ConfigError(f"yields must be 'physics' or 'z', got {yields!r}")
+    if units not in (None, "check", "convert", "ignore"):
+        raise ConfigError(f"units must be None, 'convert' or 'ignore', got {units!r}")
+    units = None if units == "check" else units
     warnings: list[str] = []
     with store.open_read(path) as f:
         store.require(f, "norm", "group (run the normalise step first)")
@@ -180,6 +249,8 @@ def quantify(h5file: str | Path, references: str | Path | Sequence[str | Path], 
                 raise InputError("the excitation energy is unknown (no raw@energy_keV and no fit configuration): "
                                  "give energy_keV", path=path, dataset="raw@energy_keV")
         I0norm = float(store.require(f, "norm/I0")[()])
+        geo = geometry_for(f, geometry, incidence_deg, exit_deg)
+        basis = nb.norm_basis(f, path)
         data = {}
         for c in chans:
             g = store.require(f, f"norm/{c}", "group")
@@ -194,12 +265,22 @@ def quantify(h5file: str | Path, references: str | Path | Sequence[str | Path], 
     if snake:
         log.info("snake=True: the Ka/Kb ratio comes from norm/, already regridded; nothing else to do")
 
+    incidence_deg, exit_deg = geo.incidence_deg, geo.exit_deg
+    if units == "convert" and norm is None:
+        if not basis.convertible:
+            raise InputError(f"cannot convert the normalisation of {path} ({basis.describe()}) into counts per I0 "
+                             f"count", path=path, dataset="norm")
+        I0norm = I0norm / basis.to_counts_per_i0  # norm / I0norm_eff = counts per I0 count
+    matrix_record = None
     mode_base: dict[str, Any] = {"kind": "areal", "max_factor": max_factor}
     if matrix is not None:
         mcnc = _as_cnc(matrix)
         if mcnc.areal or mcnc.density <= 0:
             raise ConfigError(f"matrix {mcnc.name}: a bulk composition (ppm) with a density is needed", path=mcnc.path)
-        mode_base.update(kind="matrix", comp=_composition(mcnc), density=mcnc.density / 1000.0,
+        comp, matrix_record, wmsg = matrix_composition(mcnc, fractions)
+        if wmsg:
+            warnings.append(wmsg)
+        mode_base.update(kind="matrix", comp=comp, density=mcnc.density / 1000.0,
                          thickness_cm=mcnc.thickness * 1e-4 if mcnc.thickness > 0 else np.inf)
     if absorb is not None:
         elements, acnc = absorb
@@ -208,11 +289,18 @@ def quantify(h5file: str | Path, references: str | Path | Sequence[str | Path], 
         if acnc.areal:
             raise ConfigError(f"absorb matrix {acnc.name} must be a bulk composition (ppm)", path=acnc.path)
         nominal = acnc.density / 1000.0 * acnc.thickness * 1e-4 if acnc.density > 0 and acnc.thickness > 0 else np.nan
-        mode_base.update(kind="absorb", comp=_composition(acnc), elements=elements, nominal=nominal)
+        comp, matrix_record, wmsg = matrix_composition(acnc, fractions)
+        if wmsg:
+            warnings.append(wmsg)
+        mode_base.update(kind="absorb", comp=comp, elements=elements, nominal=nominal)
 
-    results, summary = {}, {"file": str(path), "channels": {}, "warnings": warnings}
+    ref_info: dict[str, Any] = {}
+    results, summary = {}, {"file": str(path), "channels": {}, "warnings": warnings, "geometry": geo.as_dict(),
+                            "normalisation": {"sample": basis.as_dict(), "units": units,
+                                              "checked": norm is None and units != "ignore"},
+                            "references": ref_info, "matrix": matrix_record, "yields": yields}
     for c, (names, ims, std, (sint, sstd), m) in data.items():
-        tables, labels = _reference_yields(refs, c, norm, energy_keV)
+        tables, labels = _reference_yields(refs, c, norm, energy_keV, geo, basis, units, path, ref_info)
         if not tables:
             raise LayoutError(f"no reference has elemental yields for {c} (elyield/<cnc>/{c})", path=refs[0])
         mode = dict(mode_base)
@@ -225,7 +313,7 @@ def quantify(h5file: str | Path, references: str | Path | Sequence[str | Path], 
                                  f"found {', '.join(names)}", path=path, dataset=f"norm/{c}/names")
             ea, eb = cq.line_energy(f"{el} Ka", energy_keV), cq.line_energy(f"{el} Kb", energy_keV)
             chi_ab = absorption.chi(mode["comp"], energy_keV, np.array([ea, eb]), incidence_deg, exit_deg)
-            r_th = cq.theoretical_ka_kb(el, energy_keV)
+            r_th = cq.theoretical_ka_kb(el, energy_keV, geo)
             ia, ib = names.index(f"{el} Ka"), names.index(f"{el} Kb")
             sa_map = qm.self_absorption(el, ims[ia], std[ia], ims[ib], std[ib], r_th, chi_ab[0], chi_ab[1],
                                         mode["nominal"])
@@ -241,7 +329,12 @@ def quantify(h5file: str | Path, references: str | Path | Sequence[str | Path], 
             sig = (mims[k].copy(), mstd[k].copy())
             sig_sum = (np.array(msum[k]), np.array(msum_s[k]))
         wanted = [n for n in mnames if n not in cq.SCATTER and n != norm]
-        ytab = cq.complete_yields(cq.average_yields(tables), wanted)
+        if yields == "physics":
+            ytab = cq.physics_yields(cq.average_yields(tables), wanted, energy_keV, geo)
+            for wmsg in ytab.warnings:
+                warnings.append(f"{c}: {wmsg}")
+        else:
+            ytab = cq.complete_yields(cq.average_yields(tables), wanted)
         if ytab.missing:
             msg = f"{c}: no yield for {', '.join(ytab.missing)} (left out)"
             warnings.append(msg)
@@ -258,14 +351,37 @@ def quantify(h5file: str | Path, references: str | Path | Sequence[str | Path], 
         res_sum = _quantify_vectors(mnames, msum, msum_s, I0norm, ytab, sig_sum,
                                     {**mode, "sa": sa_sum} if extra else mode)
         vals, errs = res_map["values"], res_map["stddev"]
+        # detection limits: three standard deviations of the net intensity, quantified alike (linear in I)
+        zero_y = cq.YieldTable(ytab.names, ytab.values, np.zeros_like(ytab.stddev), ytab.n_refs)
+        dl_sig = None if sig is None else (sig[0], np.zeros_like(sig[1]))
+        dl_sig_sum = None if sig_sum is None else (sig_sum[0], np.zeros_like(sig_sum[1]))
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            dl_map = _quantify_vectors(mnames, 3.0 * np.abs(mstd), np.zeros_like(mstd), I0norm, zero_y, dl_sig,
+                                       {**mode, "sa": sa_map} if extra else mode)["values"]
+            dl_sum = _quantify_vectors(mnames, 3.0 * np.abs(msum_s), np.zeros_like(msum_s), I0norm, zero_y,
+                                       dl_sig_sum, {**mode, "sa": sa_sum} if extra else mode)["values"]
+        dl_map = np.abs(dl_map)
         if m is not None:
             vals = np.where(m[None], np.nan, vals)
             errs = np.where(m[None], np.nan, errs)
+            dl_map = np.where(m[None], np.nan, dl_map)
+        with np.errstate(invalid="ignore"):
+            below = (np.isfinite(vals) & np.isfinite(dl_map) & (vals < dl_map)).astype(np.uint8)
+        valid = np.isfinite(vals) & np.isfinite(dl_map)
+        below_frac = {n: (float(below[i][valid[i]].mean()) if valid[i].any() else None)
+                      for i, n in enumerate(ytab.names)}
+        sum_below = {n: bool(res_sum["values"][i] < dl_sum[i]) for i, n in enumerate(ytab.names)}
+        for n, fr in below_frac.items():
+            if fr is not None and fr >= 0.5:
+                msg = (f"{c}: {n}: {100 * fr:.0f} % of the pixels below the detection limit (flagged in "
+                       f"quant/{c}/below_dl){'; the sum is below it too' if sum_below[n] else ''}")
+                warnings.append(msg)
+                log.warning(msg)
         if extra:
             extra.update(sa=sa_map, factor=res_map["factor"], flags=res_map["flags"])
             if m is not None:
                 extra["flags"] = np.where(m, 0, extra["flags"]).astype(np.uint8)
-        results[c] = (ytab, labels, vals, errs, res_sum, res_map["unit"], extra, m)
+        results[c] = (ytab, labels, vals, errs, res_sum, res_map["unit"], extra, m, dl_map, below, dl_sum)
         flag_counts = {}
         if extra:
             fl = extra["flags"]
@@ -276,7 +392,14 @@ def quantify(h5file: str | Path, references: str | Path | Sequence[str | Path], 
                 warnings.append(f"{c}: self-absorption flags {flag_counts}")
         summary["channels"][c] = {
             "names": ytab.names, "missing": ytab.missing, "unit": res_map["unit"],
-            "yield_origin": dict(zip(ytab.names, ytab.origin)), "refs": labels, "normaliser": norm,
+            "yield_origin": dict(zip(ytab.names, ytab.origin)),
+            "yield_sources": dict(zip(ytab.names, ytab.sources)) if ytab.sources else {},
+            "yield_far": [n for n, fa in zip(ytab.names, ytab.far) if fa] if ytab.far else [],
+            "yield_rel_stddev": {n: float(s / v) for n, v, s in zip(ytab.names, ytab.values, ytab.stddev)},
+            "refs": labels, "normaliser": norm,
+            "below_dl": below_frac, "sum_below_dl": [n for n, b in sum_below.items() if b],
+            "dl_median": {n: float(np.nanmedian(d)) if np.isfinite(d).any() else None
+                          for n, d in zip(ytab.names, dl_map)},
             "flags": flag_counts, "element": extra.get("element"),
             "mean": {n: float(np.nanmean(v)) if np.isfinite(v).any() else None for n, v in zip(ytab.names, vals)},
             "sum": dict(zip(ytab.names, map(float, res_sum["values"]))),
@@ -289,10 +412,12 @@ def quantify(h5file: str | Path, references: str | Path | Sequence[str | Path], 
               "absorb": None if absorb is None else [list(mode_base["elements"]), str(getattr(absorb[1], "path",
                                                                                                absorb[1]))],
               "incidence_deg": incidence_deg, "exit_deg": exit_deg, "energy_keV": energy_keV,
-              "max_factor": max_factor}
+              "max_factor": max_factor, "geometry": geo.as_dict(), "yields": yields, "units": units,
+              "normalisation": summary["normalisation"], "reference_info": ref_info, "fractions": fractions,
+              "matrix_fractions": matrix_record}
     with store.transaction(path, "quantify", replace=replace, params=params,
                            inputs=[f"norm/{c}" for c in results]) as tx:
-        for c, (ytab, labels, vals, errs, res_sum, unit, extra, m) in results.items():
+        for c, (ytab, labels, vals, errs, res_sum, unit, extra, m, dl_map, below, dl_sum) in results.items():
             g = tx.group(f"quant/{c}")
             store.write_array(g, "ims", vals.astype(np.float32))
             store.write_array(g, "stddev", errs.astype(np.float32))
@@ -306,6 +431,15 @@ def quantify(h5file: str | Path, references: str | Path | Sequence[str | Path], 
             store.write_array(g, "yield", ytab.values)
             store.write_array(g, "yield_stddev", ytab.stddev)
             store.write_array(g, "yield_origin", ytab.origin)
+            if ytab.sources:
+                store.write_array(g, "yield_sources", [", ".join(x) for x in ytab.sources])
+            store.write_array(g, "dl", np.asarray(dl_map, dtype=np.float32))
+            g["dl"].attrs["unit"] = unit
+            g["dl"].attrs["meaning"] = "detection limit: 3 standard deviations of the net intensity, quantified"
+            store.write_array(g, "below_dl", below)
+            g["below_dl"].attrs["meaning"] = "1 where ims < dl (below the detection limit)"
+            store.write_array(g, "sum/dl", np.asarray(dl_sum, dtype=np.float64))
+            g.attrs["geometry"] = geo.describe()
             if norm is not None:
                 g.attrs["normaliser"] = norm
             if extra:
