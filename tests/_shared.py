@@ -1,4 +1,6 @@
-"""Where the tests find the project's shared reference files (``../shared`` beside the repository)."""
+"""Where the tests find their data and the layout checker: inside the repository, so that a clone runs
+every test on its own (``tests/data/real/``: real beamline files, see its README; the bundled
+concentration files ``xrfproc/data/cnc/``; the layout checker ``xrfproc/testing/check_layout.py``)."""
 from __future__ import annotations
 
 import os
@@ -6,8 +8,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("XRFPROC_SHARED", ROOT.parent / "shared"))
-CHECK_LAYOUT = SHARED / "tools" / "check_layout.py"
+DATA = ROOT / "tests" / "data"
+#: the real measured files (``DATA / "real"``)
+REAL = DATA / "real"
+#: the reference-material concentration files (the bundled ones)
+CNC_DIR = ROOT / "xrfproc" / "data" / "cnc"
+CHECK_LAYOUT = ROOT / "xrfproc" / "testing" / "check_layout.py"
 PYTHON = sys.executable
 
 

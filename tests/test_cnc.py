@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from xrfproc.core.cnc import Cnc, read_cnc, write_cnc
 from xrfproc.errors import ConfigError, XrfError
 
-CNC_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference" / "cnc"
+CNC_DIR = Path(__file__).resolve().parents[1] / "xrfproc" / "data" / "cnc"  # the bundled files
 
 
 @pytest.mark.parametrize("path", sorted(CNC_DIR.glob("*.cnc")), ids=lambda p: p.name)

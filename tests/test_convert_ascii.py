@@ -12,9 +12,9 @@ from xrfproc.core import pymca_bridge
 from xrfproc.core.convert import detect_kind, gse_mca, pymca_formats, spe
 from xrfproc.errors import InputError
 from xrfproc.store.raw import write_raw
-from _shared import SHARED, CHECK_LAYOUT, PYTHON
+from _shared import REAL, CHECK_LAYOUT, PYTHON
 
-GSE = SHARED / "data" / "real" / "xrf_spectra.mca"
+GSE = REAL / "xrf_spectra.mca"
 STEEL = pymca_bridge.PYMCA_DATA_DIR / "Steel.spe"
 XRFSPEC = pymca_bridge.PYMCA_DATA_DIR / "XRFSpectrum.mca"
 CHECK = CHECK_LAYOUT

@@ -12,7 +12,7 @@ from xrfproc.core.cnc import read_cnc
 from xrfproc.core.rawmap import RawChannel, RawMap
 from xrfproc.steps.detlim import detlim
 
-CNC = Path(__file__).resolve().parents[2] / "shared" / "reference" / "cnc"
+CNC = Path(__file__).resolve().parents[1] / "xrfproc" / "data" / "cnc"  # the bundled files
 
 
 def test_detection_limit_formula_by_hand():

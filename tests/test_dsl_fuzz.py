@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from xrfproc.dsl import parser
 from xrfproc.errors import RecipeError
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.xrf"))
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "xrfproc" / "recipes").rglob("*.xrf"))
 SEEDS = [p.read_text() for p in RECIPES] + [
     'let e = 18 keV\nfor $f in "s/*.h5":\n    fit $f config="${f}.cfg" mode=fast\n    normalise $f I0=1e6 snake\n',
     'pipeline p(file, I0=1e6):\n    normalise $file I0=$I0 dims=10x20 els=[Fe, "Cu", Sr-K]\np "a.h5"\n',

@@ -18,7 +18,7 @@ from xrfproc import api
 from xrfproc.dsl import checker, cli, parser, signatures
 from xrfproc.errors import RecipeError
 
-RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "xrfproc" / "recipes"  # recipes/ links here
 RECIPES = sorted(RECIPE_DIR.glob("*.xrf"))
 #: overrides that keep the runs small and fast (the precise fit of every pixel takes minutes; a
 #: correlation plot of 3 elements draws 9 panels instead of 25)

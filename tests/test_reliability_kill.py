@@ -35,7 +35,7 @@ from xrfproc.core.cnc import bundled_cnc
 from xrfproc.errors import FileBusyError, WriteError
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECK_LAYOUT = ROOT.parent / "shared" / "tools" / "check_layout.py"
+CHECK_LAYOUT = ROOT / "xrfproc" / "testing" / "check_layout.py"
 #: kill points per step in the suite (4 steps: 56 in all); bench/soak_kill.py runs more
 KILLS_PER_STEP = 14
 

@@ -13,9 +13,9 @@ from xrfproc.core.scanpattern import ScanPattern
 from xrfproc.core.simulate import (Beam, Detector, Geometry, demo_dataset, simulate_map, simulate_reference,
                                    write_simulated)
 from xrfproc.errors import InputError
-from _shared import SHARED, CHECK_LAYOUT
+from _shared import CNC_DIR, CHECK_LAYOUT
 
-CNC = SHARED / "reference" / "cnc"
+CNC = CNC_DIR
 CHECK = CHECK_LAYOUT
 ORGANIC = {"C": 0.6, "O": 0.4}
 # no continuum, so that peak windows hold only their own lines

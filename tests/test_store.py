@@ -19,7 +19,7 @@ from xrfproc import store
 from xrfproc.core.rawmap import RawChannel, RawMap
 from xrfproc.errors import FileBusyError, InputError, LayoutError, WriteError
 
-CHECK_LAYOUT = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_layout.py"
+CHECK_LAYOUT = Path(__file__).resolve().parents[1] / "xrfproc" / "testing" / "check_layout.py"
 
 
 def small_map(rows: int = 6, cols: int = 5, nbins: int = 256, nchan: int = 2, seed: int = 0) -> RawMap:

@@ -28,8 +28,8 @@ from .toolkit import check_pixels, cnc_library_dirs, roots, run_step, tool
 
 log = logging.getLogger(__name__)
 
-#: the example recipes (``recipes/`` of a source checkout)
-EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+#: the example recipes, installed with the package (``xrfproc/recipes/``; ``recipes/`` of a checkout links there)
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 #: recipes listed at most, and how deep the roots are searched
 MAX_LISTED = 200
 MAX_DEPTH = 6
