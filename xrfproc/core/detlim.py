@@ -118,7 +118,7 @@ class Yields:
 
 def elemental_yields(names: list[str], norm_int: np.ndarray, norm_err: np.ndarray, I0norm: float, cnc: Cnc,
                      energy_keV: float | None, incidence_deg: float = 45.0, exit_deg: float = 45.0,
-                     composition: dict[int, float] | None = None) -> Yields:
+                     composition: dict[int, float] | None = None, geometry=None) -> Yields:
     """Yields per line (see module docstring).
 
     Parameters
@@ -132,6 +132,9 @@ def elemental_yields(names: list[str], norm_int: np.ndarray, norm_err: np.ndarra
     composition : dict of int to float, optional
         The matrix mass fractions to use (:func:`xrfproc.core.matrixcomp.matrix_composition`);
         default the file's fractions as given.
+    geometry : Geometry, optional
+        Weights the lines of a group by their detection probability in the line-averaged ``d_eff``
+        (:func:`xrfproc.core.absorption.group_effective_thickness`).
     """
     keep, skipped = [], []
     for i, name in enumerate(names):
@@ -155,9 +158,8 @@ def elemental_yields(names: list[str], norm_int: np.ndarray, norm_err: np.ndarra
             raise InputError(f"{cnc.name}: density must be positive for a bulk reference", path=cnc.path)
         thickness = cnc.thickness * 1e-4 if cnc.thickness > 0 else np.inf
         comp = composition if composition is not None else {int(z): w for z, w in cnc.mass_fractions().items()}
-        energies = np.array([absorption.group_energy(n, energy_keV) for n in sel])
-        d_eff = absorption.effective_thickness(absorption.chi(comp, energy_keV, energies, incidence_deg, exit_deg),
-                                               rho, thickness) if sel else np.zeros(0)
+        d_eff = np.array([absorption.group_effective_thickness(n, energy_keV, comp, rho, thickness, incidence_deg,
+                                                               exit_deg, geometry) for n in sel])
         areal = conc * 1e-6 * rho * d_eff * 1e6  # ug/cm2
     values = np.asarray(norm_int, dtype=np.float64)[keep] / I0norm / areal
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -205,8 +205,21 @@ def self_absorption(element: str, ka: np.ndarray, ka_std: np.ndarray, kb: np.nda
                           float(nominal))
 
 
+def _group_mass(chi: np.ndarray, rhot: np.ndarray, lines: list | None) -> np.ndarray:
+    """``M_i(rhot)`` of every line group, shape ``(lines, *grid)``: at ``chi_i``, or averaged over the lines of
+    each group (``lines[i] = (chi of its lines, weights)``)."""
+    if lines is None:
+        return absorbed_mass(chi, rhot[None])
+    out = []
+    for chis, w in lines:
+        w = np.asarray(w, dtype=np.float64)
+        m = sum(wk * absorbed_mass(ck, rhot) for ck, wk in zip(np.asarray(chis, dtype=np.float64), w)) / w.sum()
+        out.append(m)
+    return np.array(out)
+
+
 def correct_concentrations(areal: np.ndarray, areal_std: np.ndarray, chi: np.ndarray, sa: SelfAbsorption,
-                           max_factor: float = 100.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                           max_factor: float = 100.0, lines: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Mass fractions (ppm) from probed areal concentrations with the per-pixel ``rho t``.
 
     Parameters
@@ -219,6 +232,10 @@ def correct_concentrations(areal: np.ndarray, areal_std: np.ndarray, chi: np.nda
         Grid matching ``areal``'s trailing axes.
     max_factor : float
         Correction factors ``rho t / M_i`` above this set :data:`FLAG_FACTOR`.
+    lines : list of (ndarray, ndarray), optional
+        Per group, the combined attenuation of each of its lines and their weights (production cross
+        section x detection): ``M_i`` is then the weighted mean over the lines, as the references'
+        yields are made (:func:`xrfproc.core.absorption.group_effective_thickness`).
 
     Returns
     -------
@@ -233,11 +250,11 @@ def correct_concentrations(areal: np.ndarray, areal_std: np.ndarray, chi: np.nda
     A = np.asarray(areal, dtype=np.float64)
     As = np.asarray(areal_std, dtype=np.float64)
     c = np.asarray(chi, dtype=np.float64).reshape((-1,) + (1,) * (A.ndim - 1))
-    M = absorbed_mass(c, sa.rhot[None])
+    M = _group_mass(c, sa.rhot, lines)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         ppm = A / M
-        p_lo = A / absorbed_mass(c, sa.rhot_low[None])
-        p_hi = A / absorbed_mass(c, sa.rhot_high[None])
+        p_lo = A / _group_mass(c, sa.rhot_low, lines)
+        p_hi = A / _group_mass(c, sa.rhot_high, lines)
         spread = 0.5 * np.abs(p_lo - p_hi)
         spread = np.where(np.isnan(spread), 0.0, spread)
         err = np.sqrt((As / M) ** 2 + spread ** 2)

@@ -89,7 +89,8 @@ def detlim(h5file: str | Path, cncfile: str | Path, channel: str | None = None, 
         ylds = None
         if norm is not None:
             ylds = core_detlim.elemental_yields(names, norm[0], norm[1], I0norm, cnc, energy_keV,
-                                                geo.incidence_deg, geo.exit_deg, composition=comp)
+                                                geo.incidence_deg, geo.exit_deg, composition=comp,
+                                                geometry=geo)
         else:
             summary["warnings"].append(f"{c}: no norm/ group, elemental yields not computed (run normalise)")
         results[c] = (dls, ylds)

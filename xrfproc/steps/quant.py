@@ -146,7 +146,7 @@ def _quantify_vectors(names: list[str], ims: np.ndarray, std: np.ndarray, I0norm
         out.update(values=v, stddev=s, unit="ppm")
     else:
         ppm, err, factor, flags = qm.correct_concentrations(areal, areal_s, mode["chi"], mode["sa"],
-                                                             mode["max_factor"])
+                                                             mode["max_factor"], lines=mode.get("line_chi"))
         out.update(values=ppm, stddev=err, factor=factor, flags=flags, unit="ppm")
     return out
 
@@ -345,8 +345,12 @@ def quantify(h5file: str | Path, references: str | Path | Sequence[str | Path], 
             energies = np.array([cq.line_energy(n, energy_keV) for n in ytab.names])
             chi = absorption.chi(mode["comp"], energy_keV, energies, incidence_deg, exit_deg)
             mode["chi"] = chi
+            mode["line_chi"] = [absorption.group_line_chi(n, energy_keV, mode["comp"], incidence_deg, exit_deg, geo)
+                                for n in ytab.names]
             if mode["kind"] == "matrix":
-                mode["d_eff"] = absorption.effective_thickness(chi, mode["density"], mode["thickness_cm"])
+                mode["d_eff"] = np.array([absorption.group_effective_thickness(
+                    n, energy_keV, mode["comp"], mode["density"], mode["thickness_cm"], incidence_deg, exit_deg, geo)
+                    for n in ytab.names])
         res_map = _quantify_vectors(mnames, mims, mstd, I0norm, ytab, sig, {**mode, "sa": sa_map} if extra else mode)
         res_sum = _quantify_vectors(mnames, msum, msum_s, I0norm, ytab, sig_sum,
                                     {**mode, "sa": sa_sum} if extra else mode)
