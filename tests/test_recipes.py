@@ -157,3 +157,32 @@ def test_from_and_dry_run(demo_data, tmp_path, capsys):
     assert cli.main([str(tmp_path / "r.xrf"), "--no-progress", "--from", "normalise"]) == 0
     out = capsys.readouterr().out
     assert out.count("skipped (--from)") == 3 and "1 of 4 steps done" in out
+
+
+def test_exported_recipe_checks_from_any_folder(tmp_path, monkeypatch, capsys):
+    """Steps run with paths relative to the working folder (as `xrfproc ... demo_output/x.h5` records them);
+    the export, written anywhere, names them relative to its own folder: --check passes from anywhere."""
+    from xrfproc.cli import main as xrfproc_main
+
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    assert xrfproc_main(["simulate", "sub/m.h5", "--rows", "3", "--cols", "4", "--energy", "18"]) == 0
+    assert xrfproc_main(["config", "sub/m.h5", "Fe", "Zn", "Sr", "--energy", "18", "-O", "out=sub/m.cfg"]) == 0
+    assert xrfproc_main(["fit", "sub/m.h5", "sub/m.cfg"]) == 0
+    assert xrfproc_main(["normalise", "sub/m.h5"]) == 0
+    capsys.readouterr()
+    for out in (work / "sub" / "here.xrf", tmp_path / "elsewhere" / "there.xrf", work / "top.xrf"):
+        out.parent.mkdir(exist_ok=True)
+        monkeypatch.chdir(out.parent)
+        assert cli.main(["--export", str(work / "sub" / "m.h5"), "-o", out.name]) == 0
+        text = out.read_text()
+        assert ('config="sub/m.cfg"' in text) == (out.parent == work), text
+        assert str(tmp_path) not in text  # relative to the recipe's folder
+        monkeypatch.chdir("/")
+        assert cli.main(["--check", str(out)]) == 0, capsys.readouterr()
+    assert 'config="m.cfg"' in (work / "sub" / "here.xrf").read_text()
+    assert 'config="../work/sub/m.cfg"' in (tmp_path / "elsewhere" / "there.xrf").read_text()
+    assert cli.main(["--export", str(work / "sub" / "m.h5"), "-o", str(tmp_path / "missing" / "x.xrf")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the recipe" in err and "Traceback" not in err

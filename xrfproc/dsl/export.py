@@ -56,8 +56,73 @@ def collect_provenance(h5file: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def literal(value: Any, base: Path | None = None, path: bool = False) -> str:
-    """A recipe literal for a JSON value (strings quoted and escaped)."""
+#: ``..`` steps a path written relative to the recipe may climb before it is written absolute instead
+MAX_UP = 3
+
+
+class PathWriter:
+    """Writes the file names recorded in a file's provenance as the recipe needs them.
+
+    Steps record paths as they were given: absolute, or relative to the working folder of the
+    process that ran them, which the file does not record. A relative path is looked up against the
+    folders it most likely started from: those that matched earlier paths, the file's own folder and
+    its ancestors, then the current folder; the first where it exists wins (else the first candidate).
+    The path is then written relative to the recipe's folder ``base`` (within :data:`MAX_UP` ``..``
+    steps), else absolute, so the recipe runs from any working folder; bundled concentration files
+    are written by name (the recipe finds them in the library).
+
+    Parameters
+    ----------
+    base : Path
+        The recipe's folder (absolute).
+    h5file : Path
+        The file whose provenance is exported (absolute).
+    """
+
+    def __init__(self, base: Path, h5file: Path):
+        self.base = base
+        self.origins: list[Path] = []
+        self.candidates = [h5file.parent, *h5file.parent.parents, Path.cwd().resolve()]
+        self.library = _library_dir()
+
+    def absolute(self, text: str) -> str:
+        """The recorded path ``text`` made absolute (see the class)."""
+        p = Path(os.path.expanduser(text))
+        if p.is_absolute():
+            return os.path.normpath(str(p))
+        tried = list(dict.fromkeys([*self.origins, *self.candidates]))
+        for origin in tried:
+            cand = origin / p
+            if cand.exists():
+                if origin not in self.origins:
+                    self.origins.append(origin)
+                return os.path.normpath(str(cand))
+        return os.path.normpath(str(tried[0] / p))
+
+    def write(self, text: str) -> str:
+        """``text`` as the recipe writes it: relative to its folder where possible."""
+        full = self.absolute(text)
+        if self.library is not None and os.path.dirname(full) == str(self.library) and full.endswith(".cnc") \
+                and not (self.base / os.path.basename(full)).exists():
+            return os.path.basename(full)
+        rel = os.path.relpath(full, self.base)
+        if rel.split(os.sep)[:MAX_UP + 1].count("..") <= MAX_UP:
+            return rel
+        return full
+
+
+def _library_dir() -> Path | None:
+    try:
+        from ..core.cnc import bundled_cnc
+
+        return bundled_cnc("nist613").parent.resolve()
+    except Exception:  # noqa: BLE001 - no library: cnc paths are written as other paths
+        return None
+
+
+def literal(value: Any, base: Path | PathWriter | None = None, path: bool = False) -> str:
+    """A recipe literal for a JSON value (strings quoted and escaped); with ``path``, file names are
+    written by ``base`` (a :class:`PathWriter`, or a folder: absolute names inside it made relative)."""
     if value is None:
         return "none"
     if isinstance(value, bool):
@@ -69,14 +134,16 @@ def literal(value: Any, base: Path | None = None, path: bool = False) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(literal(v, base, path) for v in value) + "]"
     text = str(value)
-    if path and base is not None and os.path.isabs(text):
+    if path and isinstance(base, PathWriter) and text:
+        text = base.write(text)
+    elif path and base is not None and os.path.isabs(text):
         rel = os.path.relpath(text, base)
         if not rel.startswith(".."):
             text = rel
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("\n", "\\n") + '"'
 
 
-def _statement(rec: dict[str, Any], h5: str, specs: dict[str, S.StepSpec], base: Path) -> list[str]:
+def _statement(rec: dict[str, Any], h5: str, specs: dict[str, S.StepSpec], base: PathWriter) -> list[str]:
     step = rec.get("step", "?")
     params = dict(rec.get("parameters") or {})
     when = rec.get("timestamp", "")
@@ -144,8 +211,9 @@ def _same(default: Any, value: Any) -> bool:
 def export_recipe(h5file: str | Path, out: str | Path | None = None) -> str:
     """The recipe text reproducing ``h5file``; written to ``out`` when given.
 
-    Paths are written relative to the recipe's folder (``out``'s folder, else the current folder)
-    when they lie inside it.
+    Paths are written relative to the recipe's folder (``out``'s folder, else the current folder), so
+    that the recipe runs (and ``xrfrun --check`` passes) from any working folder; paths recorded
+    relative to the folder the steps ran in are found first (see :class:`PathWriter`).
     """
     path = Path(h5file)
     if not path.is_file():
@@ -156,12 +224,18 @@ def export_recipe(h5file: str | Path, out: str | Path | None = None) -> str:
         raise InputError("no xrfproc provenance in this file (no group has a 'step' attribute)", path=path)
     specs = S.step_specs()
     h5 = str(path.resolve())
+    writer = PathWriter(base, path.resolve())
     lines = [f"# Recipe reproducing {path.name}, exported from its provenance by xrfproc {__version__}.",
              "# Paths are relative to this recipe's folder.", ""]
     for rec in records:
-        lines.extend(_statement(rec, h5, specs, base))
+        lines.extend(_statement(rec, h5, specs, writer))
         lines.append("")
     text = "\n".join(lines).rstrip("\n") + "\n"
     if out is not None:
-        Path(out).write_text(text, encoding="utf-8")
+        try:
+            Path(out).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            from ..errors import WriteError
+
+            raise WriteError(f"cannot write the recipe: {exc.strerror or exc}", path=out) from None
     return text
