@@ -286,3 +286,147 @@ def test_cnc_larger_than_the_limit_is_refused(tmp_path, monkeypatch):
     monkeypatch.delenv("XRFPROC_MAX_CNC_BYTES")
     with pytest.raises(InputError, match=r"small\.cnc.*listed twice"):
         read_cnc(small)
+
+
+# --------------------------------------------------------------------------- 5. declared sizes bounded
+def test_layout_declaring_an_8gb_I0_is_refused_before_reading(fitted, tmp_path, monkeypatch):
+    """raw/I0 declaring 8 GiB (a few bytes on disk): normalise refuses it at open, whatever the memory."""
+    monkeypatch.setenv("XRFPROC_MAX_ARRAY_BYTES", str(64 << 30))  # as on a large machine
+    path = copy_pair(fitted["file"], tmp_path / "in")
+    with h5py.File(path, "a") as f:
+        del f["raw/I0"]
+        f.create_dataset("raw/I0", shape=(32768, 32768), dtype=np.float64, chunks=(1, 4096))
+    assert path.stat().st_size < 10 << 20
+    with pytest.raises(InputError, match=r"map\.h5:raw/I0: .*too large") as info:
+        api.normalise(path, I0norm=1e6)
+    assert "\n" not in str(info.value)
+
+
+def test_spectra_declaring_huge_grids_are_refused_before_fitting(fitted, tmp_path, monkeypatch):
+    """3 * 10^8 spectra of 2048 uint8 channels (614 GB declared, under the 1 TiB streaming limit): the fit
+    allocated a float64 map of the grid (2.4 GB); the grid itself is refused now."""
+    monkeypatch.setenv("XRFPROC_MAX_ARRAY_BYTES", str(64 << 30))
+    huge = tmp_path / "huge.h5"
+    with h5py.File(huge, "w") as f:
+        f.create_dataset("raw/channel00/spectra", shape=(17321, 17321, 2048), dtype=np.uint8, chunks=(1, 64, 2048))
+    assert huge.stat().st_size < 1 << 20
+    with pytest.raises(InputError, match=r"huge\.h5:raw/channel00/spectra: grid \(17321, 17321\).*too large"):
+        api.fit(huge, fitted["cfg"], mode="fast")
+    monkeypatch.setenv("XRFPROC_MAX_MAP_BYTES", str(4 << 30))  # the limit is configurable
+    with h5py.File(huge, "r") as f:
+        from xrfproc.store.checks import check_declared_sizes
+
+        check_declared_sizes(f, huge)
+
+
+# --------------------------------------------------------------------------- 6. corrupt HDF5: our errors only
+def _corrupt_attribute(path: Path, obj: str, how: str) -> None:
+    """Give ``obj`` an attribute, then damage its stored metadata in place (deterministic corruption)."""
+    with h5py.File(path, "a") as f:
+        f[obj].attrs["zzcorruptme"] = np.int32(7)
+    data = bytearray(path.read_bytes())
+    i = data.find(b"zzcorruptme")
+    assert i > 0
+    if how == "version":  # the datatype message follows the name, padded to 8 bytes
+        data[i + 16] = 0xFF
+    elif how == "size":
+        data[i + 20:i + 24] = (262145).to_bytes(4, "little")
+    else:  # a name length running off the message
+        data[i - 6:i - 4] = (60000).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["version", "size", "namelen"])
+@pytest.mark.parametrize("obj", ["fit/channel00/ims", "fit/channel00"])
+def test_corrupt_metadata_gives_our_error(obj, how, fitted, tmp_path):
+    """HDF5's RuntimeError (copying the old file in a transaction, or identifying the fit results) was
+    escaping; now an InputError naming the file and the damaged object, and nothing is written."""
+    path = copy_pair(fitted["file"], tmp_path / "in")
+    _corrupt_attribute(path, obj, how)
+    before = path.read_bytes()
+    with pytest.raises(InputError, match=r"map\.h5:fit/channel00(/ims)?: corrupt HDF5") as info:
+        api.normalise(path, I0norm=1e6)
+    assert "\n" not in str(info.value)
+    assert path.read_bytes() == before and not blocks.list_partials(path)
+
+
+def test_transaction_checks_every_object_before_copying(fitted, tmp_path):
+    path = copy_pair(fitted["file"], tmp_path / "in")
+    with h5py.File(path, "r") as f:
+        assert h5store.check_objects(f, path) > 10
+    _corrupt_attribute(path, "fit/channel00/ims", "version")
+    with pytest.raises(InputError, match=r"map\.h5:fit/channel00/ims: corrupt HDF5 object"):
+        with h5store.transaction(path, "test", replace=["other"]):
+            pass
+    with pytest.raises(InputError, match=r"map\.h5:fit/channel00/ims: corrupt HDF5 object"):
+        api.detlim(path, bundled_cnc("nist613"))
+
+
+def test_flipped_bytes_through_writing_steps(fitted, tmp_path):
+    """Random bytes flipped in the layout file (12 seeds): normalise, fit and detlim end in success or an
+    XrfError, never another exception, never a crash inside HDF5 (run in a child process)."""
+    script = textwrap.dedent(f"""
+        import shutil, sys, traceback
+        from pathlib import Path
+        import numpy as np
+        from xrfproc import api, store
+        from xrfproc.core.cnc import bundled_cnc
+        from xrfproc.errors import XrfError
+        src, base = Path({str(fitted["file"])!r}), Path({str(tmp_path)!r})
+        for seed in range(12):
+            work = base / f"s{{seed}}"
+            work.mkdir()
+            path = work / src.name
+            shutil.copy(src, path)
+            shutil.copytree(store.bulk_dir(src), store.bulk_dir(path), ignore=shutil.ignore_patterns(".lock"))
+            rng = np.random.default_rng(1000 + seed)
+            data = bytearray(path.read_bytes())
+            for pos in rng.integers(0, len(data), 40):
+                data[pos] ^= 1 << int(rng.integers(0, 8))
+            path.write_bytes(bytes(data))
+            for name, run in (("normalise", lambda: api.normalise(path, I0norm=1e6)),
+                              ("fit", lambda: api.fit(path, {str(fitted["cfg"])!r}, mode="fast")),
+                              ("detlim", lambda: api.detlim(path, bundled_cnc("nist613")))):
+                print("RUN", seed, name, flush=True)
+                try:
+                    run()
+                except XrfError as exc:
+                    assert "\\n" not in str(exc)
+                except BaseException:
+                    print("FOREIGN", seed, name, flush=True)
+                    traceback.print_exc()
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=500)
+    assert proc.returncode == 0 and "FOREIGN" not in proc.stdout, proc.stdout[-500:] + proc.stderr[-3000:]
+
+
+def _chunk_past_the_end(path: Path, dataset: str) -> None:
+    """Point the first stored chunk of ``dataset`` 512 MiB past the end of the file (its index entry rewritten)."""
+    with h5py.File(path, "r") as f:
+        found: list[int] = []
+        f[dataset].id.chunk_iter(lambda info: found.append(info.byte_offset))
+    data = bytearray(path.read_bytes())
+    needle = found[0].to_bytes(8, "little")
+    assert data.count(needle) == 1
+    i = data.find(needle)
+    data[i:i + 8] = (found[0] + (512 << 20)).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+
+
+def test_chunk_address_past_the_end_is_refused_before_copying(fitted, tmp_path):
+    """HDF5 copying a dataset whose chunk lies past the end of the file freed memory twice (the process
+    aborted); the transaction now checks every dataset's storage first. Run in a child process."""
+    path = copy_pair(fitted["file"], tmp_path / "in")
+    _chunk_past_the_end(path, "fit/channel00/ims")
+    script = textwrap.dedent(f"""
+        from xrfproc import api
+        from xrfproc.core.cnc import bundled_cnc
+        from xrfproc.errors import InputError
+        try:
+            api.detlim({str(path)!r}, bundled_cnc("nist613"))
+        except InputError as exc:
+            print("REFUSED", exc)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "REFUSED" in proc.stdout and "fit/channel00/ims: corrupt HDF5 object" in proc.stdout, proc.stdout

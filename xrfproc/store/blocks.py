@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 import h5py
 import numpy as np
 
-from ..errors import WriteError
+from ..errors import InputError, WriteError
 from .atomic_io import _write_failure
 from .h5store import GZIP, bulk_dir, now_iso
 from .locking import acquire_lock
@@ -51,6 +51,20 @@ SAMPLE_VALUES = 1 << 17
 
 
 # --------------------------------------------------------------------------- keys
+@contextlib.contextmanager
+def _open_identified(path: Path, dataset: str) -> Any:
+    """``path`` opened read-only; HDF5's errors on a corrupt file become an InputError naming file and dataset."""
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise InputError(f"not a readable HDF5 file ({exc})", path=path) from None
+    try:
+        with f:
+            yield f
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        raise InputError(f"corrupt HDF5 data or metadata ({exc})", path=path, dataset=dataset) from None
+
+
 def result_key(description: Mapping[str, Any]) -> str:
     """A short stable hash (hex) of a JSON-able description of a computation."""
     text = json.dumps(description, sort_keys=True, default=str)
@@ -62,10 +76,15 @@ def raw_identity(path: str | Path, dataset: str) -> dict[str, Any]:
 
     The bulk file behind an external link is named with a random token when it is written, so a
     reconverted scan never matches; its size and modification time are included as well.
+
+    Raises
+    ------
+    InputError
+        The file is not readable HDF5, or corrupt where it is read (naming the file and dataset).
     """
     path = Path(path)
     out: dict[str, Any] = {}
-    with h5py.File(path, "r") as f:
+    with _open_identified(path, dataset) as f:
         ds = f[dataset]
         out["shape"] = list(ds.shape)
         out["dtype"] = str(ds.dtype)
@@ -102,7 +121,7 @@ def dataset_identity(path: str | Path, dataset: str) -> dict[str, Any]:
     path = Path(path)
     out = raw_identity(path, dataset)
     h = hashlib.sha256()
-    with h5py.File(path, "r") as f:
+    with _open_identified(path, dataset) as f:
         ds = f[dataset]
         if ds.chunks is not None:
             found: list[tuple[tuple[int, ...], int]] = []

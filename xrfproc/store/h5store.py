@@ -34,7 +34,7 @@ from .._version import __version__
 from ..errors import FileBusyError, InputError, LayoutError, WriteError
 from .naming import BULK_SUFFIX, bulk_dir  # noqa: F401 (re-exported)
 from .atomic_io import IN_MEMORY_MAX_BYTES, _fsync_path, _GuardedFile, _write_failure, _write_image  # noqa: F401
-from .checks import _check_links, check_declared_sizes, check_links, open_hdf5  # noqa: F401 (re-exported)
+from .checks import _check_links, check_declared_sizes, check_links, check_objects, open_hdf5  # noqa: F401
 from .filters import GZIP  # noqa: F401 (re-exported)
 from .locking import _pid_alive, file_lock  # noqa: F401 (re-exported)
 
@@ -155,7 +155,7 @@ def open_read(path: str | Path) -> Iterator[h5py.File]:
         try:
             _check_links(f, path)
             check_declared_sizes(f, path)
-        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise InputError(f"corrupt HDF5 file ({exc})", path=path) from None
         try:
             yield f
@@ -200,21 +200,41 @@ def _copy_except(src: h5py.Group, dst: h5py.Group, exclude: set[str], prefix: st
     """Copy every item of ``src`` into ``dst`` except the paths in ``exclude``.
 
     Links (external or soft) are recreated as links, never expanded, so the raw spectra stay where
-    they are.
+    they are. HDF5 failing to read an object of ``src`` (a corrupt file) is an InputError naming the
+    file and the object; a failure to write (full disk) propagates as it is.
     """
-    for key, value in src.attrs.items():
-        dst.attrs[key] = value
-    for name in src:
+    where = prefix.rstrip("/") or "/"
+    try:
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        names = list(src)
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+        _copy_failure(exc, src, where)
+    for name in names:
         full = f"{prefix}{name}"
         if full in exclude:
             continue
-        link = src.get(name, getlink=True)
-        if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
-            dst[name] = link
-        elif any(e.startswith(full + "/") for e in exclude):
-            _copy_except(src[name], dst.create_group(name), exclude, full + "/")
-        else:
-            src.copy(name, dst, name=name)
+        try:
+            link = src.get(name, getlink=True)
+            if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
+                dst[name] = link
+                continue
+            if any(e.startswith(full + "/") for e in exclude):
+                sub, target = src[name], dst.create_group(name)
+            else:
+                src.copy(name, dst, name=name)
+                continue
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+            _copy_failure(exc, src, full)
+        _copy_except(sub, target, exclude, full + "/")
+
+
+def _copy_failure(exc: BaseException, src: h5py.Group, where: str) -> None:
+    """Raise ``exc`` again when it is a failure to write, else an InputError naming the corrupt object."""
+    if _write_failure(exc) is not None:
+        raise exc
+    raise InputError(f"cannot copy the existing data (corrupt HDF5 object: {exc})", path=src.file.filename,
+                     dataset=where) from None
 
 
 # --------------------------------------------------------------------------- transactions
@@ -333,7 +353,11 @@ def transaction(path: str | Path, step: str, replace: Sequence[str], params: Map
         Another process is writing the file.
     WriteError
         The new file could not be written (disk full, read-only folder); the old one is untouched
-        and the bulk files this transaction started are removed.
+        and the bulk files this transaction started are removed. Also for ``path`` a symbolic link
+        (writing would replace the link, not its target).
+    InputError
+        The existing file is corrupt: the metadata of every object is read first
+        (:func:`~xrfproc.store.checks.check_objects`), and an object HDF5 cannot copy is named.
     """
     path = Path(path)
     if path.exists() == create and not create:
@@ -358,10 +382,12 @@ def transaction(path: str | Path, step: str, replace: Sequence[str], params: Map
         try:
             if path.exists():
                 try:
-                    with h5py.File(path, "r") as old:
-                        _copy_except(old, newf, set(replace))
-                except OSError as exc:
+                    old = h5py.File(path, "r")
+                except (OSError, RuntimeError, ValueError) as exc:
                     raise InputError(f"cannot read the existing file ({exc})", path=path) from None
+                with old:
+                    check_objects(old, path)  # damaged metadata: our error here, not a crash inside HDF5's copy
+                    _copy_except(old, newf, set(replace))
             tx = Transaction(path, newf, step, params, inputs, replace)
             yield tx
             tx.finish_bulk()
