@@ -224,7 +224,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
     from .progress import terminal_bar
 
-    print(run_demo(Path(args.folder), mode=args.mode, progress_factory=terminal_bar))
+    from .cli_output import gather_warnings
+
+    with gather_warnings(verbose=bool(args.verbose)) as gathered:
+        text = run_demo(Path(args.folder), mode=args.mode, progress_factory=terminal_bar, all_lines=args.all_lines)
+    print(text)
+    for line in gathered.lines():
+        print(line, file=sys.stderr)
     return 0
 
 

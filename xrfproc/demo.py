@@ -1,13 +1,16 @@
 """The demo: simulate a sample map and a NIST SRM 613 reference, then run the processing chain on them.
 
 Used by ``xrfproc demo`` (and ``make demo``). Everything is written into one folder next to the demo
-data; the report returned is a plain-text table for the terminal.
+data: the maps, the fit configurations, overview images of the normalised and quantified maps and an
+HTML report (:func:`xrfproc.api.report`). The text returned for the terminal ends with a table of the
+lines the demo is about (:data:`DEMO_LINES`; ``all_lines=True``: every fitted line) and where the
+images and the report are.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -19,6 +22,11 @@ log = logging.getLogger(__name__)
 
 ENERGY_KEV = 18.0
 CHANNELS = ("channel00", "channel01")
+#: the trace lines the demo phantom is about, shown in the final table (the others with ``all_lines``)
+DEMO_LINES = ("Fe K", "Cu K", "Zn K", "Sr K", "Pb L")
+#: pixel size of the demo maps for the scale bars (um) and the bar's length
+PIXEL_UM = 2.0
+SCALE_BAR_UM = 20.0
 
 
 def config_options(energy_keV: float, matrix: Any, detector: Any, angles_deg: tuple[float, float] = (45.0, 45.0),
@@ -49,9 +57,9 @@ def config_options(energy_keV: float, matrix: Any, detector: Any, angles_deg: tu
             "angles_deg": angles_deg}
 
 
-def run_demo(folder: str | Path, mode: str = "fast", progress_factory: Callable[[str], Any] | None = None
-             ) -> str:
-    """Run the demo chain in ``folder``; return the report.
+def run_demo(folder: str | Path, mode: str = "fast", progress_factory: Callable[[str], Any] | None = None,
+             all_lines: bool = False, report: bool = True) -> str:
+    """Run the demo chain in ``folder``; return the text for the terminal.
 
     Parameters
     ----------
@@ -61,6 +69,16 @@ def run_demo(folder: str | Path, mode: str = "fast", progress_factory: Callable[
         Fit mode for the sample map.
     progress_factory : callable(description) -> context manager yielding a progress callback, optional
         How long steps show progress (the CLI passes a terminal bar).
+    all_lines : bool
+        Show every fitted line in the final table, not only :data:`DEMO_LINES`.
+    report : bool
+        Write the HTML report of the sample (``demo_sample_report.html``).
+
+    Returns
+    -------
+    str
+        What was found (elements, the table against the simulated truth) and where the overview
+        images and the report are, in under 30 lines.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -74,14 +92,14 @@ def run_demo(folder: str | Path, mode: str = "fast", progress_factory: Callable[
 
     sample, reference = api.demo_dataset(folder)
     cnc = bundled_cnc("nist613")
-    lines.append(f"demo data: {sample} (sample map), {reference} (NIST SRM 613 reference)")
+    lines.append(f"demo data: {sample.name} (sample map), {reference.name} (NIST SRM 613 reference) in {folder}")
     elements = api.suggest_elements(sample, ENERGY_KEV)
     lines.append(f"elements found in the sum spectrum: {', '.join(elements)}")
     matrix = _write_demo_matrix(folder / "demo_matrix.cnc")
     cfgs = [api.make_config(sample, elements, ENERGY_KEV, channel=c, out=folder / f"demo_sample_{c}.cfg",
                             **config_options(ENERGY_KEV, api.read_cnc(matrix), det))
             for c, det in zip(CHANNELS, demo_detectors())]
-    lines.append(f"fit configurations written: {', '.join(map(str, cfgs))}")
+    log.info("fit configurations written: %s", ", ".join(map(str, cfgs)))
     fit_sample = step(f"fit {sample.name} ({mode})", api.fit, sample, cfgs, mode=mode)
     # the reference is fitted with every certified element it holds, so that its minor elements do not
     # end up in the areas of the lines the sample shares with it
@@ -89,25 +107,33 @@ def run_demo(folder: str | Path, mode: str = "fast", progress_factory: Callable[
                                 out=folder / f"demo_nist613_{c}.cfg",
                                 **config_options(ENERGY_KEV, api.read_cnc(cnc), det))
                 for c, det in zip(CHANNELS, demo_detectors())]
-    lines.append(f"reference fit configurations written: {', '.join(map(str, ref_cfgs))}")
+    log.info("reference fit configurations written: %s", ", ".join(map(str, ref_cfgs)))
     step(f"fit {reference.name}", api.fit, reference, ref_cfgs, mode="fast")
     api.normalise(sample, I0norm=1e6)
     api.normalise(reference, I0norm=1e6)
     det = api.detlim(reference, cnc)
     api.quantify(sample, reference, matrix=matrix)
-    written = [sample, reference, *cfgs, *ref_cfgs, matrix]
-    written += api.overview_images(sample, "quant", ncols=4, pix_size_um=2.0, scale_bar_um=20.0, channel="channel00")
-    summary = api.inspect(sample)
-    lines.append(f"groups in {sample.name}: {', '.join(sorted({e['path'].split('/')[1] for e in summary['tree']}))}")
+    images = []
+    for datadir in ("norm", "quant"):
+        images += api.overview_images(sample, datadir, ncols=4, pix_size_um=PIXEL_UM, scale_bar_um=SCALE_BAR_UM,
+                                      channel="channel00")
+    page = api.report(sample, out=folder / f"{sample.stem}_report.html", pix_size_um=PIXEL_UM) if report else None
     lines.append("")
-    lines.append(_table(sample, det))
-    lines.append("(true ppm: the simulated phantom's mean of each trace element; the quantification uses the "
-                 "NIST 613 yields and the sample's matrix. The matrix lines (Al, Si, K, Ca) and the minor L/M "
-                 "lines under much stronger peaks are fitted but are not a quantification of the matrix.)")
+    table, hidden = _table(sample, det, None if all_lines else DEMO_LINES)
+    lines.append(table)
+    lines.append("(true ppm: the simulated phantom's mean; quantified with the NIST 613 yields and the sample's "
+                 "matrix)")
+    if hidden:
+        lines.append(f"{len(hidden)} more fitted lines (matrix and minor lines: {', '.join(hidden)}): "
+                     "xrfproc demo --all-lines shows them")
     lines.append("")
-    lines.append("files written:")
-    lines += [f"  {p}" for p in written]
-    if fit_sample.get("warnings") if isinstance(fit_sample, dict) else None:
+    lines.append(f"files in {folder}: {sample.name}, {reference.name} (+ .h5.d/), {len(cfgs) + len(ref_cfgs)} fit "
+                 f"configurations (.cfg), {matrix.name}")
+    lines.append("overview images:")
+    lines += [f"  {p}" for p in images]
+    if page is not None:
+        lines.append(f"HTML report (open it in a browser): {page}")
+    if isinstance(fit_sample, dict) and fit_sample.get("warnings"):
         lines.append("warnings: " + "; ".join(fit_sample["warnings"]))
     return "\n".join(lines)
 
@@ -143,8 +169,11 @@ def _write_demo_matrix(path: Path) -> Path:
     return api.write_cnc(path, cnc)
 
 
-def _table(sample: Path, det: dict[str, Any]) -> str:
-    """Per line of channel00: median normalised intensity, detection limit (1 s), quantified and true mean."""
+def _table(sample: Path, det: dict[str, Any], only: Sequence[str] | None = DEMO_LINES) -> tuple[str, list[str]]:
+    """Per line of channel00: median normalised intensity, detection limit (1 s), quantified and true mean.
+
+    Returns the table of the lines in ``only`` (every line when None) and the names of the lines left out.
+    """
     from . import store
 
     with store.open_read(sample) as f:
@@ -160,10 +189,14 @@ def _table(sample: Path, det: dict[str, Any]) -> str:
     header = (f"{'line':<8}{'median norm. counts':>20}{'DL 1 s (ppm)':>14}{'mean conc. (ppm)':>20}"
               f"{'true (ppm)':>12}")
     rows = [header, "-" * len(header)]
+    hidden = []
     for name, im in zip(names, ims):
+        if only is not None and name not in only:
+            hidden.append(name)
+            continue
         dl = dls.get(name)
         q = quant.get(name) if quant else None
         true = truth.get(name)
         rows.append(f"{name:<8}{np.nanmedian(im):>20.4g}{(f'{dl:.3g}' if dl else '-'):>14}"
                     f"{(f'{np.nanmean(q):.4g}' if q is not None else '-'):>20}{(f'{true:.4g}' if true else '-'):>12}")
-    return "\n".join(rows)
+    return "\n".join(rows), hidden
