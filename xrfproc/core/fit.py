@@ -79,7 +79,8 @@ class SumFit:
 
 
 # --------------------------------------------------------------------------- input checks
-def check_spectra(block: np.ndarray, where: str = "spectra", *, native: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def check_spectra(block: np.ndarray, where: str = "spectra", *, native: bool = False,
+                  net: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Return the block as float64 with NaN spectra zeroed, and the mask of those spectra.
 
     Parameters
@@ -92,6 +93,8 @@ def check_spectra(block: np.ndarray, where: str = "spectra", *, native: bool = F
         Keep integer, float32 and float64 blocks in their own dtype (no copy when nothing has to
         be zeroed): the fit engine reads them directly, and converting a block of 2048-channel
         int32 spectra to float64 costs as much as fitting it.
+    net : bool
+        Counts less a continuum: negative values are expected.
 
     Raises
     ------
@@ -112,7 +115,7 @@ def check_spectra(block: np.ndarray, where: str = "spectra", *, native: bool = F
             arr[bad] = 0.0
     else:
         bad = np.zeros(arr.shape[0], dtype=bool)
-    if arr.size and arr.dtype.kind != "u" and arr.min() < 0:
+    if not net and arr.size and arr.dtype.kind != "u" and arr.min() < 0:
         rows = np.nonzero((arr < 0).any(axis=1))[0]
         raise InputError(f"negative counts in {rows.size} spectra (first at flat index {rows[0]}); raw spectra "
                          "must be counts >= 0", dataset=where)

@@ -95,7 +95,7 @@ def _check_block(model: EngineModel, spectra: np.ndarray) -> np.ndarray:
 
 
 def fit_block(model: EngineModel, spectra: np.ndarray, *, refine: bool = False, with_background: bool = False,
-              max_iter: int = 8) -> EngineResult:
+              max_iter: int = 8, net: bool = False) -> EngineResult:
     """Fit a block of spectra with the engine.
 
     Parameters
@@ -115,6 +115,9 @@ def fit_block(model: EngineModel, spectra: np.ndarray, *, refine: bool = False, 
         Return the SNIP background too.
     max_iter : int
         Levenberg-Marquardt iterations when refining.
+    net : bool
+        The spectra are counts less a continuum (the model strips nothing, fixed weights): they may
+        be negative.
 
     Returns
     -------
@@ -126,6 +129,7 @@ def fit_block(model: EngineModel, spectra: np.ndarray, *, refine: bool = False, 
         Wrong shape or channel count, NaN or negative counts.
     """
     spectra = _check_block(model, spectra)
+    allow_neg = bool(net and not model.snip and model.weight_policy != 2 and not refine)
     npix = spectra.shape[0]
     n, ncol = model.nchan, model.ncols
     sp = _sparse(model)
@@ -149,7 +153,7 @@ def fit_block(model: EngineModel, spectra: np.ndarray, *, refine: bool = False, 
     fit_chunks(spectra, model.i0, model.i1, bool(model.snip), int(model.snipwidth), int(model.filter_points),
                model.anchors, bool(refine), sp.a_rptr, sp.a_lo, sp.a_hi, sp.a_off, sp.a_val,
                sp.k_rptr, sp.k_lo, sp.k_hi, sp.k_off, sp.k_val, sp.pair_i, sp.pair_j, int(policy), wvec, Gs, Ls, var_s, have_s, nonneg, int(model.nbkg),
-               1e-12, 10 * ncol + 10, X, V, chi2, status, bkg, want_bkg, bad)
+               1e-12, 10 * ncol + 10, X, V, chi2, status, bkg, want_bkg, bad, allow_neg)
     nbad, nneg = bad.sum(axis=0)
     if nbad:
         raise InputError(f"spectra contain {nbad} NaN or infinite counts inside the fit window")

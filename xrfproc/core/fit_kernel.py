@@ -169,7 +169,7 @@ def _chi_one(val, rptr, rlo, rhi, roff, x, ys, row, f):
 def fit_chunks(spectra, i0, i1, do_snip, width, npoints, anchors, smooth3,
                a_rptr, a_lo, a_hi, a_off, a_val, k_rptr, k_lo, k_hi, k_off, k_val, pair_i, pair_j,
                policy, wvec, Gs, Ls, var_s, have_s, nonneg, nbkg, rtol, maxiter,
-               X, V, chi2, status, bkg_out, want_bkg, bad):
+               X, V, chi2, status, bkg_out, want_bkg, bad, allow_neg):
     """Fit all spectra of a block (see the module docstring).
 
     spectra (npix, nbins) any real dtype; window [i0, i1); SNIP settings (``do_snip``, ``width``,
@@ -178,7 +178,8 @@ def fit_chunks(spectra, i0, i1, do_snip, width, npoints, anchors, smooth3,
     their shared Gram matrix with its Cholesky factor ``Ls`` and inverse diagonal ``var_s``
     (``have_s``: factorisation succeeded); ``nonneg`` (ncol,) bool. Outputs X, V (npix, ncol),
     chi2, status (npix,), bkg_out (npix, nchan) if ``want_bkg``; ``bad`` (nchunks, 2): counts of
-    non-finite and negative values per chunk (such a chunk is not fitted).
+    non-finite and negative values per chunk (such a chunk is not fitted; negative values are
+    fitted with ``allow_neg``: counts less a continuum, no SNIP, fixed weights).
     """
     npix = spectra.shape[0]
     ncol = X.shape[1]
@@ -208,7 +209,7 @@ def fit_chunks(spectra, i0, i1, do_snip, width, npoints, anchors, smooth3,
             _fit_chunk(ck, spectra, i0, i1, do_snip, width, npoints, anchors, smooth3, coeff, den,
                        a_rptr, a_lo, a_hi, a_off, a_val, k_rptr, k_lo, k_hi, k_off, k_val, pair_i, pair_j,
                        policy, wvec, Gs, Ls, var_s, have_s, nonneg, nbkg, rtol, maxiter,
-                       X, V, chi2, status, bkg_out, want_bkg, bad,
+                       X, V, chi2, status, bkg_out, want_bkg, bad, allow_neg,
                        yr, d, w, ys, wt, gacc, bacc, G, b, passive, idx, L, z, zfull, vtmp)
 
 
@@ -216,7 +217,7 @@ def fit_chunks(spectra, i0, i1, do_snip, width, npoints, anchors, smooth3,
 def _fit_chunk(ck, spectra, i0, i1, do_snip, width, npoints, anchors, smooth3, coeff, den,
                a_rptr, a_lo, a_hi, a_off, a_val, k_rptr, k_lo, k_hi, k_off, k_val, pair_i, pair_j,
                policy, wvec, Gs, Ls, var_s, have_s, nonneg, nbkg, rtol, maxiter,
-               X, V, chi2, status, bkg_out, want_bkg, bad,
+               X, V, chi2, status, bkg_out, want_bkg, bad, allow_neg,
                yr, d, w, ys, wt, gacc, bacc, G, b, passive, idx, L, z, zfull, vtmp):
     """Fit chunk ``ck`` (spectra ``8 ck .. 8 ck + 7``) of :func:`fit_chunks` with the given work buffers."""
     npix = spectra.shape[0]
@@ -228,8 +229,8 @@ def _fit_chunk(ck, spectra, i0, i1, do_snip, width, npoints, anchors, smooth3, c
     cnt = min(npix, s0 + M) - s0
     nb, nn = load_chunk(spectra, s0, cnt, M, i0, n, npoints, coeff, den, smooth3, yr, d, w[:n], w[n:2 * n])
     bad[ck, 0] = nb
-    bad[ck, 1] = nn
-    if nb or nn:
+    bad[ck, 1] = 0 if allow_neg else nn
+    if nb or (nn and not allow_neg):
         return
     # ---- background (channel-major d), then data minus background per spectrum (ys)
     if do_snip:

@@ -10,13 +10,16 @@ The per-pixel fits then use the *same* linear model (:func:`pixel_model`):
 
 - the group shapes at the calibration and resolution the sum fit found (a calibration that is
   off moves every peak of every pixel otherwise);
-- a background that is linear in its parameters, so that the per-pixel areas add up to the
-  areas of the sum-spectrum fit (the *sum rule*): ``background="sum"`` models each pixel's
-  continuum as ``b0 B(c) + b1 B(c) x(c)``, with ``B`` the SNIP background of the sum spectrum
-  and ``x`` running from -1 to 1 over the fit window. A SNIP background taken per pixel clips the
-  Poisson noise of spectra with a few counts per channel: it sits below the true continuum and
-  the areas come out 2-35 % high on a real fly scan (a few thousand counts per spectrum).
-  ``background="snip"`` keeps PyMca's per-pixel SNIP (what its fast fit does);
+- a continuum that adds up over the pixels (the *sum rule*: the per-pixel areas add up to the
+  areas of the sum-spectrum fit): ``background="sum"`` gives each pixel the shape ``B`` of the
+  sum spectrum's SNIP background, scaled by ``b0 + b1 x`` (``x`` from -1 to 1 over the window),
+  with ``(b0, b1)`` the weighted least-squares fit of the pixel's counts in the channels where the
+  sum spectrum holds (almost) no peak (:class:`Continuum`). The estimate is linear in the counts,
+  so the pixels' continua add up to the sum's, and the shape is fixed, so the peaks cannot trade
+  counts with it. A SNIP background taken per pixel clips the Poisson noise of spectra with a few
+  counts per channel: it sits below the true continuum and the areas come out 2-35 % high on a
+  real fly scan (a few thousand counts per spectrum). ``background="snip"`` keeps PyMca's
+  per-pixel SNIP (what its fast fit does);
 - weights that do not depend on the pixel's own counts (``weights="sum"``:
   ``1 / (ybar_c + eps)`` with ``ybar`` the mean spectrum): a weight taken from the pixel's own
   counts (PyMca's policy 2) correlates with the noise and biases every area low at low counts.
@@ -45,8 +48,8 @@ from .fit_model import NONLINEAR, EngineModel, group_shapes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SumResult", "fit_sum", "pixel_model", "stddev_scale", "line_shift_eV", "fwhm_keV",
-           "BACKGROUNDS", "WEIGHTS"]
+__all__ = ["SumResult", "Continuum", "continuum", "fit_sum", "pixel_model", "window_model", "stddev_scale",
+           "line_shift_eV", "fwhm_keV", "BACKGROUNDS", "WEIGHTS"]
 
 BACKGROUNDS = ("sum", "snip")
 WEIGHTS = ("sum", "config", "none", "pixel")
@@ -95,8 +98,9 @@ class SumResult:
     at_bound : list of str
         Nonlinear parameters that ended on a bound of their allowed range.
     model : EngineModel
-        The linear model at ``theta`` (with the background columns of :func:`pixel_model` when
-        ``background="sum"``): every pixel of the map is fitted with it.
+        The linear model at ``theta``.
+    continuum : Continuum or None
+        The per-pixel continuum model (``background="sum"``).
     yfit, background : ndarray, shape (nchan,)
         Fitted curve and background over the fit window (counts).
     pileup : float
@@ -116,6 +120,7 @@ class SumResult:
     yfit: np.ndarray
     background: np.ndarray
     pileup: float = 0.0
+    continuum: Continuum | None = None
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -132,18 +137,91 @@ def _with_theta(model: EngineModel, theta: np.ndarray, **changes: object) -> Eng
                                extra=extra, **changes)  # type: ignore[arg-type]
 
 
-def _background_columns(model: EngineModel, background: np.ndarray, npix: int, order: int) -> EngineModel:
-    """Prepend ``order + 1`` continuum columns ``B x^k / npix`` (k = 0..order) and switch SNIP off."""
-    b = np.asarray(background, dtype=np.float64) / max(int(npix), 1)
-    x = np.linspace(-1.0, 1.0, model.nchan)
-    cols = [b * x ** k for k in range(order + 1)]
-    shapes = np.column_stack(cols + [model.shapes])
-    names = [f"Continuum {k}" for k in range(order + 1)] + list(model.names)
-    extra = {k: v for k, v in model.extra.items() if k != "_sparse"}
-    extra["background_columns"] = order + 1
-    return dataclasses.replace(model, shapes=np.ascontiguousarray(shapes), names=names,
-                               nbkg=model.nbkg + order + 1, snip=False, extra=extra,
-                               line_group=model.line_group + (order + 1))
+@dataclass
+class Continuum:
+    """The continuum of every pixel: the sum spectrum's background shape, scaled per pixel.
+
+    Attributes
+    ----------
+    basis : ndarray, shape (nchan, 2)
+        ``B(c)`` and ``B(c) x(c)`` over the fit window (``B``: the sum spectrum's SNIP background,
+        counts; ``x`` from -1 to 1).
+    channels : ndarray of int
+        Window channels (0 = first of the window) where the sum spectrum holds no peak to speak of.
+    estimator : ndarray, shape (2, nchannels)
+        Weighted least squares ``(D^T W D)^-1 D^T W`` on those channels (``W = 1 / B``): the
+        coefficients of a spectrum are ``estimator @ y[channels]``.
+    coefficients : ndarray, shape (2,)
+        Those of the sum spectrum itself (close to (1, 0)).
+    total : float
+        Counts of the sum spectrum in ``channels``.
+
+    Each pixel's coefficients are the estimate less ``(coefficients - (1, 0))`` times its share of
+    the counts in ``channels``: still linear in its counts, and the pixels' continua add up to
+    ``B`` exactly, the background of the sum fit (PyMca's full-fit semantics).
+    """
+
+    basis: np.ndarray
+    channels: np.ndarray
+    estimator: np.ndarray
+    coefficients: np.ndarray
+    total: float
+
+    def of(self, window_counts: np.ndarray) -> np.ndarray:
+        """Continuum ``(npix, nchan)`` of spectra given over the window ``(npix, nchan)``."""
+        y = np.asarray(window_counts)[:, self.channels]
+        b = y @ self.estimator.T
+        share = y.sum(axis=1, dtype=np.float64) / self.total if self.total > 0 else np.zeros(y.shape[0])
+        b -= share[:, None] * (self.coefficients - np.array([1.0, 0.0]))[None, :]
+        return b @ self.basis.T
+
+    @property
+    def curve(self) -> np.ndarray:
+        """The sum spectrum's continuum (nchan,): the background of the sum fit."""
+        return self.basis[:, 0].copy()
+
+
+def continuum(background: np.ndarray, peaks: np.ndarray, ysum_window: np.ndarray, *,
+              share: float = 0.05) -> Continuum:
+    """The per-pixel continuum model from the sum spectrum's background and peak model.
+
+    Parameters
+    ----------
+    background, peaks : ndarray, shape (nchan,)
+        The sum fit's background (SNIP) and fitted peaks over the window.
+    ysum_window : ndarray, shape (nchan,)
+        The sum spectrum over the window.
+    share : float
+        Channels whose peaks are below ``share`` of the background count as peak-free (at least
+        a tenth of the window is kept: the channels with the smallest peak share).
+
+    Channels the sum fit does not explain (a residual beyond 2 Poisson sigma and 2 %: peaks of
+    elements the configuration leaves out, scatter shapes) are not used: the continuum must not
+    take them up.
+    """
+    B = np.clip(np.asarray(background, dtype=np.float64), 0.0, None)
+    P = np.clip(np.asarray(peaks, dtype=np.float64), 0.0, None)
+    ys = np.asarray(ysum_window, dtype=np.float64)
+    n = B.size
+    x = np.linspace(-1.0, 1.0, n)
+    basis = np.column_stack([B, B * x])
+    ratio = np.where(B > 0, P / np.where(B > 0, B, 1.0), np.inf)
+    misfit = np.abs(ys - B - P) > 2.0 * np.sqrt(np.maximum(ys, 1.0)) + 0.02 * ys
+    ratio[misfit] = np.inf
+    free = np.nonzero(ratio <= share)[0]
+    if free.size < max(8, n // 10):
+        free = np.argsort(ratio)[:max(8, n // 10)]
+        free = np.sort(free[np.isfinite(ratio[free])])
+    D = basis[free]
+    w = 1.0 / np.maximum(B[free], 1e-12)
+    G = D.T @ (D * w[:, None])
+    try:
+        est = np.linalg.solve(G, (D * w[:, None]).T)
+    except np.linalg.LinAlgError:  # a flat basis: the scale alone
+        est = np.zeros((2, free.size))
+        est[0] = 1.0 / max(float(B[free].sum()), 1e-12)
+    coef = est @ ys[free]
+    return Continuum(basis=basis, channels=free, estimator=est, coefficients=coef, total=float(ys[free].sum()))
 
 
 def _sum_weights(model: EngineModel, ysum: np.ndarray, npix: int) -> EngineModel:
@@ -154,8 +232,7 @@ def _sum_weights(model: EngineModel, ysum: np.ndarray, npix: int) -> EngineModel
 
 
 def pixel_model(model: EngineModel, ysum: np.ndarray, npix: int, *, theta: np.ndarray | None = None,
-                background: Literal["sum", "snip"] = "sum", weights: str = "sum",
-                sum_background: np.ndarray | None = None, order: int = 1) -> EngineModel:
+                weights: str = "sum") -> EngineModel:
     """The linear model every pixel of a map is fitted with (see the module docstring).
 
     Parameters
@@ -168,26 +245,13 @@ def pixel_model(model: EngineModel, ysum: np.ndarray, npix: int, *, theta: np.nd
         Number of spectra summed in ``ysum``.
     theta : ndarray, shape (4,), optional
         Calibration and resolution of the shapes (default the model's).
-    background : {"sum", "snip"}
-        ``"sum"``: continuum columns from the sum spectrum's SNIP background (``sum_background``
-        over the window; computed here when not given); ``"snip"``: each pixel's own SNIP.
-        Ignored when the configuration does not strip (its continuum is already linear).
     weights : {"sum", "config", "none", "pixel"}
         ``"sum"``: fixed weights from the mean spectrum; ``"config"``: as the model has them;
         ``"none"``: unweighted; ``"pixel"``: each pixel's own counts (PyMca's policy 2).
-    order : int
-        Polynomial order of the background scale over the window (``"sum"`` background).
     """
-    if background not in BACKGROUNDS:
-        raise InputError(f"background {background!r} must be one of {', '.join(BACKGROUNDS)}")
     if weights not in WEIGHTS:
         raise InputError(f"weights {weights!r} must be one of {', '.join(WEIGHTS)}")
     m = model if theta is None else _with_theta(model, np.asarray(theta, dtype=np.float64))
-    if background == "sum" and m.snip and "background_columns" not in m.extra:
-        if sum_background is None:
-            from .fit_engine import fit_block
-            sum_background = fit_block(m, np.asarray(ysum, dtype=np.float64)[None], with_background=True).background[0]
-        m = _background_columns(m, sum_background, npix, order)
     if weights == "sum":
         m = _sum_weights(m, ysum, npix)
     elif weights == "none":
@@ -195,6 +259,14 @@ def pixel_model(model: EngineModel, ysum: np.ndarray, npix: int, *, theta: np.nd
     elif weights == "pixel":
         m = dataclasses.replace(m, weight_policy=2, sigma_avg=None)
     return m
+
+
+def window_model(model: EngineModel) -> EngineModel:
+    """``model`` for spectra given over its window only, with the continuum already subtracted
+    (no SNIP, channels ``[0, nchan)``)."""
+    extra = {k: v for k, v in model.extra.items() if k != "_sparse"}
+    return dataclasses.replace(model, i0=0, i1=model.nchan, nbins=model.nchan, snip=False,
+                               anchors=np.asarray([0, model.nchan - 1], dtype=np.int64), extra=extra)
 
 
 def stddev_scale(model: EngineModel, ysum: np.ndarray, npix: int) -> np.ndarray:
@@ -267,11 +339,11 @@ def fit_sum(model: EngineModel, ysum: np.ndarray, npix: int = 1, *, background: 
     ysum : ndarray, shape (nbins,)
         Sum spectrum (counts).
     npix : int
-        Spectra summed (scales the background columns of ``background="sum"``).
+        Spectra summed.
     background : {"snip", "sum"}
-        ``"snip"``: the spectrum's SNIP background, fixed (PyMca's full fit);
-        ``"sum"``: the linear continuum columns the pixels are fitted with (:func:`pixel_model`),
-        fitted together with the peaks, so that the per-pixel areas add up to these.
+        ``"snip"``: the spectrum's SNIP background, fixed (PyMca's full fit); ``"sum"``: the same
+        fit, plus the continuum model the pixels are given (:func:`continuum`, in
+        ``result.continuum``), whose pixel continua add up to this background.
     free : sequence of {"zero", "gain", "noise", "fano"}, optional
         Parameters to fit (default: those the configuration leaves free).
     delta : dict, optional
@@ -302,20 +374,12 @@ def fit_sum(model: EngineModel, ysum: np.ndarray, npix: int = 1, *, background: 
         for k, v in delta.items():
             dl[NONLINEAR.index(k)] = abs(float(v))
     m = dataclasses.replace(model, theta_fixed=fixed, theta_delta=dl)
-    first = fit_block(m, y[None], refine=True, with_background=True, max_iter=max_iter)
-    bkg = first.background[0]
-    res = first
-    if background == "sum" and m.snip:
-        mb = _background_columns(m, bkg, npix, order=1)
-        start = np.concatenate([[float(npix), 0.0], first.areas[0]])
-        from .fit_refine import refine_block
-        X, SD, TH, CHI, FAIL, PILE = refine_block(mb, y[None], np.zeros((1, mb.nchan)), start[None],
-                                                  max_iter=max_iter)
-        res = dataclasses.replace(first, areas=X, stddev=SD, theta=TH, chi2_red=CHI, failed=FAIL, pileup=PILE)
-        m = mb
-        bkg_fit = mb.shapes[:, :2] @ X[0, :2]
-    else:
-        bkg_fit = bkg
+    res = fit_block(m, y[None], refine=True, with_background=True, max_iter=max_iter)
+    bkg = res.background[0]
+    cont = None
+    if background == "sum" and m.snip and not (res.failed is not None and bool(res.failed[0])):
+        at0 = _with_theta(m, np.asarray(res.theta[0], dtype=np.float64))
+        cont = continuum(bkg, at0.shapes @ res.areas[0], y[m.i0:m.i1])
     if res.failed is not None and bool(res.failed[0]):
         raise InputError("the engine could not fit the sum spectrum (singular normal equations); check the "
                          "peaks and the fit window of the configuration", dataset=where)
@@ -327,7 +391,7 @@ def fit_sum(model: EngineModel, ysum: np.ndarray, npix: int = 1, *, background: 
     if pile and at.extra.get("pileup") is not None:
         from .fit_refine import pileup
         peaks = peaks + pile * pileup(peaks, at.i0, float(theta[0]), float(theta[1]))
-    yfit = peaks + (0.0 if background == "sum" and model.snip else bkg)
+    yfit = peaks + bkg
     nb = at.nbkg
     short_tail = 1.0 + (at.tails[0] if at.hypermet & 2 else 0.0)
     lo, hi = model.theta - dl, model.theta + dl
@@ -338,8 +402,7 @@ def fit_sum(model: EngineModel, ysum: np.ndarray, npix: int = 1, *, background: 
     out = SumResult(names=names, areas=areas[nb:], sigma=np.asarray(res.stddev[0], float)[nb:],
                     fitarea=areas[nb:] * short_tail, bkg=stats, chisq=float(res.chi2_red[0]), theta=theta,
                     theta_start=model.theta.copy(), at_bound=at_bound, model=at, yfit=yfit,
-                    background=np.asarray(bkg_fit, dtype=np.float64),
-                    pileup=pile)
+                    background=np.asarray(bkg, dtype=np.float64), pileup=pile, continuum=cont)
     if at_bound:
         out.warnings.append(f"{where}: the sum-spectrum fit ended on the bound of {', '.join(at_bound)} "
                             f"(start {_fmt_theta(model.theta)}, end {_fmt_theta(theta)}): the configuration's "

@@ -6,8 +6,11 @@ configuration's free detector parameters; the calibration it finds is compared w
 configuration's (a warning names the shift in eV at the strongest line when it exceeds a quarter
 of the FWHM there) and every per-pixel fit uses it:
 
-- engine: the linear model at the sum fit's calibration, with the sum spectrum's background as
-  continuum columns (``background="sum"``) and weights from the mean spectrum (``weight="sum"``);
+- engine: the linear model at the sum fit's calibration and weights from the mean spectrum
+  (``weight="sum"``);
+- with ``background="sum"`` (every mode) each pixel's continuum is the sum spectrum's background
+  shape scaled from the pixel's peak-free channels (:func:`xrfproc.core.sumfit.continuum`),
+  subtracted before the peaks are fitted: the per-pixel areas add up to the sum fit's;
 - fast (PyMca's ``FastXRFLinearFit``): the configuration with the fitted zero, gain, noise and Fano
   written into it; PyMca's average weights (policy 1) unless a policy is given;
 - precise (PyMca's full fit per pixel): the same, calibration fixed, weights as configured.
@@ -72,7 +75,7 @@ class SumPlan:
     weight: int | None
     theta: np.ndarray
     theta_config: np.ndarray
-    bkg_model: Any = None
+    continuum: Any = None
     ysum_net: np.ndarray | None = None
     ybar: np.ndarray | None = None
     shift_eV: float = 0.0
@@ -135,6 +138,8 @@ def sum_fit_plan(sumspec: np.ndarray, cfg: fitconfig.FitConfig, *, mode: str, np
         model = fit_model.build_model(config, y, y.size, nspectra=npix, weight=pix_weight)
     theta_cfg = np.array([float(config["detector"].get(k, 0.0)) for k in fit_model.NONLINEAR])
     engine_bkg = "sum" if background == "sum" else "snip"
+    if background == "sum" and sum_fit == "pymca" and engine_ok:
+        sum_fit = "engine"  # the continuum the pixels get comes from the engine's sum fit
     measured = None
     if sum_fit == "engine":
         assert model is not None
@@ -194,11 +199,15 @@ def _check_shift(plan: SumPlan, sr: sumfit.SumResult | None, channel: str, measu
 
 def _pixel_setup(plan: SumPlan, model: Any, sr: sumfit.SumResult | None, y: np.ndarray, npix: int, *, mode: str,
                  weight: int | str | None, background: str, theta: np.ndarray) -> None:
-    """The per-pixel configuration/model at calibration ``theta``, and the unit variances."""
+    """The per-pixel configuration/model at calibration ``theta``, the continuum and the unit variances."""
+    cont = sr.continuum if (sr is not None and background == "sum") else None
     if mode == "engine":
         if model is None:
             raise ConfigError("mode='engine' needs the SNIP background and no fit strategy in the configuration")
         w = "sum" if weight in (None, "sum") else {0: "none", 1: "config", 2: "pixel"}[int(weight)]  # type: ignore[index]
+        if cont is not None and w == "pixel":
+            raise InputError("weight=2 (each pixel's own counts) needs background='snip': with the sum spectrum's "
+                             "continuum subtracted, a pixel's counts are no longer its variances")
         # the shapes PyMca built when the calibration is the configuration's, else recomputed at theta
         if sr is not None and np.array_equal(theta, sr.theta):
             base, at = sr.model, None
@@ -206,13 +215,16 @@ def _pixel_setup(plan: SumPlan, model: Any, sr: sumfit.SumResult | None, y: np.n
             base, at = model, None
         else:
             base, at = model, theta
-        pm = sumfit.pixel_model(base, y, npix, theta=at, background=background, weights=w)
-        plan.model = pm
+        pm = sumfit.pixel_model(base, y, npix, theta=at, weights=w)
         if pm.weight_policy != 2:
             plan.var_unit = sumfit.stddev_scale(pm, y, npix)[pm.nbkg:]
         plan.window = (pm.i0, pm.i1)
+        plan.model = sumfit.window_model(pm) if cont is not None else pm
     elif mode == "fast":
         policy = 1 if weight in (None, "sum") else int(weight)  # type: ignore[arg-type]
+        if cont is not None and policy == 2:
+            raise InputError("weight=2 (each pixel's own counts) needs background='snip': with the sum spectrum's "
+                             "continuum subtracted, a pixel's counts are no longer its variances")
         plan.weight = policy
         plan.cfg_text = pymca_bridge.config_to_text(with_detector(fitconfig.config_from_text(plan.cfg_text).config,
                                                                   theta))
@@ -227,47 +239,22 @@ def _pixel_setup(plan: SumPlan, model: Any, sr: sumfit.SumResult | None, y: np.n
         plan.cfg_text = pymca_bridge.config_to_text(with_detector(fitconfig.config_from_text(plan.cfg_text).config,
                                                                   theta, fix=True, fitweight=fw))
         if model is not None and fw == 0:
-            m0 = sumfit.pixel_model(model, y, npix, theta=theta, background="snip", weights="none")
+            m0 = sumfit.pixel_model(model, y, npix, theta=theta, weights="none")
             plan.var_unit = sumfit.stddev_scale(m0, y, npix)[m0.nbkg:]
             plan.window = (m0.i0, m0.i1)
-    if mode != "engine" and background == "sum" and model is not None and model.snip:
-        _sum_background_for_pymca(plan, model, sr, y, npix, theta)
+    if cont is not None:
+        plan.continuum = cont
+        plan.window = (model.i0, model.i1)
+        if mode != "engine":  # PyMca fits the peaks of spectra less their continuum, its stripping off
+            net = y.astype(np.float64).copy()
+            net[model.i0:model.i1] -= cont.curve
+            plan.ysum_net = np.clip(net, 0.0, None)
+            plan.ybar = y.astype(np.float64) / max(npix, 1)
+            cfg = fitconfig.config_from_text(plan.cfg_text).config
+            cfg["fit"]["stripflag"] = 0
+            plan.cfg_text = pymca_bridge.config_to_text(cfg)
     i0, i1 = plan.window
     plan.mean_counts = float(y[i0:i1].sum()) / max(npix, 1)
-
-
-def _sum_background_for_pymca(plan: SumPlan, model: Any, sr: sumfit.SumResult | None, y: np.ndarray, npix: int,
-                              theta: np.ndarray) -> None:
-    """PyMca fits (fast, precise) with the sum spectrum's continuum instead of a SNIP per pixel.
-
-    Each pixel's continuum (two linear parameters, see :func:`xrfproc.core.sumfit.pixel_model`) is
-    estimated by the engine together with the peaks and subtracted; PyMca then fits the peaks with
-    its stripping off. The sum spectrum handed to PyMca is the sum less the fitted continuum.
-    """
-    if sr is not None and np.array_equal(theta, sr.theta) and "background_columns" in sr.model.extra:
-        base, at = sr.model, None
-    else:
-        base, at = model, theta
-    bm = sumfit.pixel_model(base, y, npix, theta=at, background="sum", weights="sum")
-    nb = int(bm.extra.get("background_columns", 0))
-    bsum = bm.shapes[:, bm.nbkg - nb:bm.nbkg] @ _sum_background_coefficients(bm, y, nb)
-    net = y.astype(np.float64).copy()
-    net[bm.i0:bm.i1] -= bsum
-    plan.bkg_model = bm
-    plan.ysum_net = np.clip(net, 0.0, None)
-    plan.ybar = y.astype(np.float64) / max(npix, 1)
-    cfg = fitconfig.config_from_text(plan.cfg_text).config
-    cfg["fit"]["stripflag"] = 0
-    plan.cfg_text = pymca_bridge.config_to_text(cfg)
-    plan.window = (bm.i0, bm.i1)
-
-
-def _sum_background_coefficients(bm: Any, y: np.ndarray, nb: int) -> np.ndarray:
-    """The continuum coefficients of the sum spectrum under the pixels' linear model."""
-    from ..core.fit_engine import fit_block
-
-    res = fit_block(bm, np.asarray(y, dtype=np.float64)[None])
-    return np.asarray(res.areas[0, bm.nbkg - nb:bm.nbkg], dtype=np.float64)
 
 
 def sum_rule(params: np.ndarray, pixel_sum: np.ndarray, names: list[str], *, min_share: float = 0.02,
