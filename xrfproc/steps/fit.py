@@ -49,7 +49,7 @@ def _engine_block(spectra: np.ndarray, model: Any, *, state: dict[str, Any], **o
     """Adapter to our own fit engine (:mod:`xrfproc.core.fit_engine`), imported lazily.
 
     ``model`` is the channel's per-pixel model (:func:`xrfproc.steps.fit_plan.sum_fit_plan`: the
-    sum fit's calibration, background columns and weights); each block goes through
+    sum fit's calibration and weights); each block goes through
     ``fit_engine.fit_block(model, spectra, **options)`` (options such as ``refine=True``), whose
     result has ``names``, ``areas``/``stddev`` ``(npix, ncols)``, ``chi2_red`` and ``failed``.
     """
@@ -63,7 +63,7 @@ def _engine_block(spectra: np.ndarray, model: Any, *, state: dict[str, Any], **o
                          "use mode='fast' or mode='precise'")
     from ..core.pymca_bridge import rename_group
 
-    data, bad = core_fit.check_spectra(spectra, native=True)
+    data, bad = core_fit.check_spectra(spectra, native=True, net=bool(options.get("net")))
     out = fit_engine.fit_block(model, data, **options)
     names = [rename_group(str(n)) for n in out.names]
     areas = np.array(out.areas, dtype=np.float64).T
@@ -88,17 +88,28 @@ def _window_counts(flat: np.ndarray, window: tuple[int, int]) -> np.ndarray:
     return part.sum(axis=1, dtype=np.float64)
 
 
-def _pixel_background(model: Any, spectra: np.ndarray) -> np.ndarray:
-    """Each spectrum's continuum under the sum-background model, over all channels (0 outside the window)."""
-    from ..core import fit_engine
-
-    data, _ = core_fit.check_spectra(spectra, native=True)
-    out = fit_engine.fit_block(model, data)
-    nb = int(model.extra.get("background_columns", 0))
-    cols = slice(model.nbkg - nb, model.nbkg)
-    full = np.zeros(data.shape, dtype=np.float64)
-    full[:, model.i0:model.i1] = np.nan_to_num(out.areas[:, cols]) @ model.shapes[:, cols].T
+def _continuum(cont: Any, flat: np.ndarray, window: tuple[int, int]) -> np.ndarray:
+    """Each spectrum's continuum (:class:`xrfproc.core.sumfit.Continuum`) over all channels (0 outside the window)."""
+    full = np.zeros(flat.shape, dtype=np.float64)
+    full[:, window[0]:window[1]] = cont.of(flat[:, window[0]:window[1]])
     return full
+
+
+def _engine_net(flat: np.ndarray, cont: Any, window: tuple[int, int], model: Any, state: dict[str, Any],
+                options: Mapping[str, Any]) -> core_fit.BlockResult:
+    """Engine fit of the window's counts less each pixel's continuum; chi-square on the raw counts' variances."""
+    raw = flat[:, window[0]:window[1]]
+    net = raw - cont.of(raw)
+    res = _engine_block(net, model, state=state, **{**dict(options), "net": True})
+    shapes = model.shapes[:, model.nbkg:]
+    keep = [model.names[model.nbkg:].index(n) if n in model.names[model.nbkg:] else -1 for n in res.names]
+    if all(k >= 0 for k in keep):
+        fitted = np.nan_to_num(res.areas).T @ shapes[:, keep].T
+        dof = max(raw.shape[1] - len(keep), 1)
+        chi = ((net - fitted) ** 2 / np.maximum(raw, 1.0)).sum(axis=1) / dof
+        chi[np.asarray(res.failed, dtype=bool)] = np.nan
+        res.chi2 = chi
+    return res
 
 
 # --------------------------------------------------------------------------- argument handling
@@ -188,7 +199,7 @@ def fit_rows(path: str, channel: str, rows: tuple[int, int], mode: str, cfg_text
              group_names: Sequence[str], npix: int, weight: int | None = None, refit: bool = True,
              chi2: bool = True, options: Mapping[str, Any] | None = None, delay: float = 0.0,
              io_threads: int = 0, model: Any = None, var_unit: np.ndarray | None = None,
-             window: tuple[int, int] | None = None, mean_counts: float = 0.0, bkg_model: Any = None,
+             window: tuple[int, int] | None = None, mean_counts: float = 0.0, continuum: Any = None,
              ysum_net: np.ndarray | None = None, ybar: np.ndarray | None = None,
              block: np.ndarray | None = None) -> dict[str, Any]:
     """Fit the rows ``rows`` of ``raw/<channel>/spectra``: the task every scheduler runs.
@@ -208,10 +219,14 @@ def fit_rows(path: str, channel: str, rows: tuple[int, int], mode: str, cfg_text
     flat = np.asarray(block).reshape(-1, nbins)
     invalid = int((~np.isfinite(flat).all(axis=1)).sum()) if flat.dtype.kind == "f" else 0
     state = _worker_state(cfg_text, mode, nbins, sumspec, npix, weight, group_names)
-    background = _pixel_background(bkg_model, flat) if bkg_model is not None else None
+    background = None
+    if continuum is not None and window is not None and mode != "engine":
+        background = _continuum(continuum, flat, window)
     if mode == "fast":
         res = core_fit.fast_fit_block(flat, state["config"], sumspec if ysum_net is None else ysum_net, weight=weight,
                                       refit=refit, with_chi2=chi2, where=where, background=background)
+    elif mode == "engine" and continuum is not None and window is not None:
+        res = _engine_net(flat, continuum, window, model, state, options or {})
     elif mode == "engine":
         res = _engine_block(flat, model, state=state, **dict(options or {}))
     else:
@@ -312,11 +327,12 @@ def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast"
     refit
         Fast mode: PyMca's refit of negative areas.
     background : {"sum", "snip"}
-        For configurations with a SNIP background: ``"sum"`` (default) models each pixel's continuum
-        as the sum spectrum's SNIP background scaled by a linear function (two linear parameters),
-        so the per-pixel areas add up to the sum-spectrum fit at any count rate (engine: two columns
-        of its model; fast and precise: estimated by the engine, subtracted, and PyMca fits the
-        peaks with its stripping off and, in precise mode, the expected Poisson uncertainties);
+        For configurations with a SNIP background: ``"sum"`` (default) gives each pixel the shape
+        of the sum spectrum's SNIP background, scaled by ``b0 + b1 x`` fitted on the channels where
+        the sum spectrum has no peak (linear in the counts), subtracted before the peaks are fitted
+        (PyMca's fast and precise fits then run with their stripping off; precise with the
+        expected Poisson uncertainties): the per-pixel areas add up to the sum-spectrum fit at any
+        count rate;
         ``"snip"``: each pixel's own SNIP background, as PyMca does it (biased high where a
         spectrum has a few counts per channel).
     sum_fit : {"engine", "pymca"}
@@ -368,6 +384,10 @@ def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast"
     """
     t0 = time.perf_counter()
     path = Path(h5file)
+    if mode == "engine" and options.get("refine") and background == "sum":
+        # per-pixel refinement fits each pixel's calibration on top of its own SNIP background
+        log.info("%s: refine=True: each pixel's own SNIP background (background='snip')", path)
+        background = "snip"
     if mode not in MODES:
         raise InputError(f"fit mode {mode!r} must be one of {', '.join(MODES)}", path=path)
     with store.open_read(path) as f:
@@ -398,54 +418,55 @@ def fit(h5file: str | Path, config: Any, channel: Any = None, mode: str = "fast"
                                 "raw": blocks_store.raw_identity(path, f"raw/{c}/spectra")} for c in chans}}
     key = blocks_store.result_key(key_doc)
     partial = blocks_store.PartialResults(path, "fit", key, meta={"file": path.name, **key_doc}, resume=resume)
-    total = sum(p.npix for p in plans.values())
-    todo: list[tuple[str, int]] = []
-    done_pix = 0
-    resumed = 0
-    for c, p in plans.items():
-        have = partial.completed(c) if resume else set()
-        for b, (r0, r1) in enumerate(p.blocks):
-            if b in have:
-                resumed += 1
-                done_pix += min(p.npix, (r1 - r0) * p.per_row)
-            else:
-                todo.append((c, b))
-    if resumed:
-        log.info("%s: resuming the fit: %d of %d blocks done before", path, resumed, resumed + len(todo))
-        report(progress, done_pix, total, f"resumed {resumed} blocks")
+    with partial:  # the file's lock is held from here until the results are written or given up
+        total = sum(p.npix for p in plans.values())
+        todo: list[tuple[str, int]] = []
+        done_pix = 0
+        resumed = 0
+        for c, p in plans.items():
+            have = partial.completed(c) if resume else set()
+            for b, (r0, r1) in enumerate(p.blocks):
+                if b in have:
+                    resumed += 1
+                    done_pix += min(p.npix, (r1 - r0) * p.per_row)
+                else:
+                    todo.append((c, b))
+        if resumed:
+            log.info("%s: resuming the fit: %d of %d blocks done before", path, resumed, resumed + len(todo))
+            report(progress, done_pix, total, f"resumed {resumed} blocks")
 
-    runner = get_runner(scheduler, n_workers, default="processes" if mode == "precise" else "sync")
-    # blocks in this process inflate their gzip chunks on every core; parallel workers one each
-    io_threads = 0 if runner.kind == "sync" else 1
+        runner = get_runner(scheduler, n_workers, default="processes" if mode == "precise" else "sync")
+        # blocks in this process inflate their gzip chunks on every core; parallel workers one each
+        io_threads = 0 if runner.kind == "sync" else 1
 
-    def args(item: tuple[str, int]) -> tuple:
-        c, b = item
-        p = plans[c]
-        sp = p.sp
-        return (str(path.resolve()), c, p.blocks[b], mode, sp.cfg_text, p.sumspec, p.sumfit.names, p.npix, sp.weight,
-                refit, chi2, options if mode == "engine" else {}, block_delay, io_threads, sp.model, sp.var_unit,
-                sp.window, sp.mean_counts, sp.bkg_model, sp.ysum_net, sp.ybar)
+        def args(item: tuple[str, int]) -> tuple:
+            c, b = item
+            p = plans[c]
+            sp = p.sp
+            return (str(path.resolve()), c, p.blocks[b], mode, sp.cfg_text, p.sumspec, p.sumfit.names, p.npix, sp.weight,
+                    refit, chi2, options if mode == "engine" else {}, block_delay, io_threads, sp.model, sp.var_unit,
+                    sp.window, sp.mean_counts, sp.continuum, sp.ysum_net, sp.ybar)
 
-    try:
-        with runner:
-            results = (_prefetched([args(t) for t in todo], io_threads) if runner.kind == "sync" and mode != "precise"
-                       else runner.map_unordered(fit_rows, (args(t) for t in todo)))
-            for i, res in results:
-                c, b = todo[i]
-                partial.save(c, b, res)
-                done_pix += int(res["chi2"].size)
-                report(progress, done_pix, total, f"{c}: {mode} fit")
-    except XrfError:
-        partial.discard()  # bad data or configuration: deterministic, nothing to resume
-        raise
-    ran_on = runner.describe()
-    summary = _write(path, plans, cfgs, cfg_paths, chans, all_channels, partial, mode=mode, weight=weight,
-                     refit=refit, deadtime=deadtime, options=options, ran_on=ran_on, inline_limit=inline_limit)
-    partial.discard()
-    summary.update(seconds=time.perf_counter() - t0, blocks=resumed + len(todo), blocks_resumed=resumed,
-                   ran_on=ran_on)
-    report(progress, total, total, "fit written")
-    return summary
+        try:
+            with runner:
+                results = (_prefetched([args(t) for t in todo], io_threads) if runner.kind == "sync" and mode != "precise"
+                           else runner.map_unordered(fit_rows, (args(t) for t in todo)))
+                for i, res in results:
+                    c, b = todo[i]
+                    partial.save(c, b, res)
+                    done_pix += int(res["chi2"].size)
+                    report(progress, done_pix, total, f"{c}: {mode} fit")
+        except XrfError:
+            partial.discard()  # bad data or configuration: deterministic, nothing to resume
+            raise
+        ran_on = runner.describe()
+        summary = _write(path, plans, cfgs, cfg_paths, chans, all_channels, partial, mode=mode, weight=weight,
+                         refit=refit, deadtime=deadtime, options=options, ran_on=ran_on, inline_limit=inline_limit)
+        partial.discard()
+        summary.update(seconds=time.perf_counter() - t0, blocks=resumed + len(todo), blocks_resumed=resumed,
+                       ran_on=ran_on)
+        report(progress, total, total, "fit written")
+        return summary
 
 
 def _write(path: Path, plans: dict[str, _Plan], cfgs: dict[str, fitconfig.FitConfig], cfg_paths: dict[str, Path],
