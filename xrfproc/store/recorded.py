@@ -28,8 +28,8 @@ def _text(value: object) -> str:
 def recorded_energy(f: h5py.File) -> tuple[float | None, str]:
     """Excitation energy (keV) the file records and where it comes from (``None, ""`` when none)."""
     if "raw" in f and "energy_keV" in f["raw"].attrs:
-        src = _text(f["raw"].attrs.get("energy_source", "raw@energy_keV"))
-        return float(f["raw"].attrs["energy_keV"]), src
+        # (raw@energy_source, a string, is not read: a damaged string heap can hang HDF5 itself)
+        return float(f["raw"].attrs["energy_keV"]), "raw@energy_keV"
     if "fit" in f:
         for c in sorted(f["fit"]):
             g = f["fit"][c]
