@@ -334,7 +334,7 @@ def test_sigkilled_run_resumes_to_the_same_result(tmp_path):
 def test_cli_and_recipe_runner_pass_resume(tmp_path, capsys):
     path = write_map(tmp_path / "m.h5")
     _interrupt_after(path, 3, I0norm=1e5)
-    assert cli.main(["normalise", str(path), "--I0norm", "1e5", "--method", "linear", "--resume"]) == 0
+    assert cli.main(["normalise", str(path), "--I0norm", "1e5", "--method", "linear", "--resume", "--json"]) == 0
     out = capsys.readouterr().out
     assert json.loads(out)["images_resumed"] == 3
     from xrfproc.dsl.signatures import step_specs
