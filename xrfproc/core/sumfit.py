@@ -169,9 +169,9 @@ class Continuum:
 
     def of(self, window_counts: np.ndarray) -> np.ndarray:
         """Continuum ``(npix, nchan)`` of spectra given over the window ``(npix, nchan)``."""
-        y = np.asarray(window_counts)[:, self.channels]
+        y = np.asarray(window_counts)[:, self.channels].astype(np.float64, copy=False)
         b = y @ self.estimator.T
-        share = y.sum(axis=1, dtype=np.float64) / self.total if self.total > 0 else np.zeros(y.shape[0])
+        share = y.sum(axis=1) / self.total if self.total > 0 else np.zeros(y.shape[0])
         b -= share[:, None] * (self.coefficients - np.array([1.0, 0.0]))[None, :]
         return b @ self.basis.T
 

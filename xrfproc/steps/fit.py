@@ -99,14 +99,22 @@ def _engine_net(flat: np.ndarray, cont: Any, window: tuple[int, int], model: Any
                 options: Mapping[str, Any]) -> core_fit.BlockResult:
     """Engine fit of the window's counts less each pixel's continuum; chi-square on the raw counts' variances."""
     raw = flat[:, window[0]:window[1]]
-    net = raw - cont.of(raw)
+    net = cont.of(raw)
+    np.subtract(raw, net, out=net)  # in place: the block's counts less their continuum
     res = _engine_block(net, model, state=state, **{**dict(options), "net": True})
     shapes = model.shapes[:, model.nbkg:]
     keep = [model.names[model.nbkg:].index(n) if n in model.names[model.nbkg:] else -1 for n in res.names]
     if all(k >= 0 for k in keep):
-        fitted = np.nan_to_num(res.areas).T @ shapes[:, keep].T
+        cols = np.ascontiguousarray(shapes[:, keep].T)
+        areas = np.nan_to_num(res.areas).T
         dof = max(raw.shape[1] - len(keep), 1)
-        chi = ((net - fitted) ** 2 / np.maximum(raw, 1.0)).sum(axis=1) / dof
+        chi = np.empty(raw.shape[0])
+        for s0 in range(0, raw.shape[0], 512):  # in slices that stay in the cache
+            r = areas[s0:s0 + 512] @ cols
+            np.subtract(net[s0:s0 + 512], r, out=r)
+            r *= r
+            r /= np.maximum(raw[s0:s0 + 512], 1.0)
+            chi[s0:s0 + 512] = r.sum(axis=1) / dof
         chi[np.asarray(res.failed, dtype=bool)] = np.nan
         res.chi2 = chi
     return res
