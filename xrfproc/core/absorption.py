@@ -42,16 +42,8 @@ def group_effective_thickness(name: str, energy_keV: float, composition: Mapping
     lines of a matrix with an edge between Ka and Kb) this differs from ``d_eff`` at the group's
     mean energy by up to a few per cent in thick samples.
     """
-    z, family = xraydata.parse_group(name)
-    group = xraydata.line_group(z, family)
-    w = xraydata.fluorescence_cs(z, group.lines, energy_keV)
-    ok = (w > 0) & (group.energies < energy_keV)
-    if not ok.any():
-        raise InputError(f"{name} is not excited at {energy_keV} keV")
-    w, e = w[ok], group.energies[ok]
-    if geometry is not None:
-        w = w * geometry.detection(e)
-    d = effective_thickness(chi(composition, energy_keV, e, incidence_deg, exit_deg), density_g_cm3, thickness_cm)
+    c, w = group_line_chi(name, energy_keV, composition, incidence_deg, exit_deg, geometry)
+    d = effective_thickness(c, density_g_cm3, thickness_cm)
     return float(np.sum(w * d) / np.sum(w))
 
 

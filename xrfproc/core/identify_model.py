@@ -17,7 +17,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from ..errors import InputError
 from . import xraydata
-from .suggest import _fwhm_sigma, _with_escape
+from .suggest import _fwhm_sigma, _with_escape, checked_spectrum
 
 log = logging.getLogger(__name__)
 
@@ -186,18 +186,7 @@ def pileup_column(conv: np.ndarray, ctx: Ctx) -> np.ndarray:
 def prepare(spectrum: np.ndarray, calibration: Sequence[float], energy_keV: float,
             emin_keV: float) -> tuple[np.ndarray, list[float]]:
     """Checked counts (float64) and (zero, gain, quadratic); :class:`InputError` for bad input."""
-    y = np.asarray(spectrum, dtype=np.float64)
-    if y.ndim != 1 or y.size < 16:
-        raise InputError(f"need a 1-D spectrum of at least 16 channels, got shape {y.shape}")
-    if not np.isfinite(y).all() or y.min() < 0:
-        raise InputError("the spectrum holds NaN, infinite or negative counts")
-    if y.sum() <= 0:
-        raise InputError("the spectrum has no counts")
-    cal = [float(c) for c in calibration] + [0.0] * (3 - len(calibration))
-    if len(cal) != 3:
-        raise InputError(f"calibration must be (zero, gain) or (zero, gain, quadratic), got {tuple(calibration)}")
-    if cal[1] <= 0:
-        raise InputError(f"calibration gain {cal[1]} keV/channel must be positive")
+    y, cal = checked_spectrum(spectrum, calibration)
     if not np.isfinite(energy_keV) or energy_keV <= 0:
         raise InputError(f"excitation energy {energy_keV} keV must be positive")
     ch = np.arange(y.size)

@@ -142,6 +142,24 @@ def family_templates(element: str, energy_keV: float, e_axis: np.ndarray, emin_k
     return out
 
 
+def checked_spectrum(spectrum: np.ndarray, calibration: Sequence[float]) -> tuple[np.ndarray, list[float]]:
+    """Counts as float64 and ``[zero, gain, quadratic]``; :class:`InputError` for a spectrum that is not
+    1-D with >= 16 channels, holds NaN or negative counts or none, or a gain that is not positive."""
+    y = np.asarray(spectrum, dtype=np.float64)
+    if y.ndim != 1 or y.size < 16:
+        raise InputError(f"need a 1-D spectrum of at least 16 channels, got shape {y.shape}")
+    if not np.isfinite(y).all() or y.min() < 0:
+        raise InputError("the spectrum holds NaN, infinite or negative counts")
+    if y.sum() <= 0:
+        raise InputError("the spectrum has no counts")
+    cal = [float(c) for c in calibration] + [0.0] * (3 - len(calibration))
+    if len(cal) != 3:
+        raise InputError(f"calibration must be (zero, gain) or (zero, gain, quadratic), got {tuple(calibration)}")
+    if cal[1] <= 0:
+        raise InputError(f"calibration gain {cal[1]} keV/channel must be positive")
+    return y, cal
+
+
 def score_elements(spectrum: np.ndarray, calibration: Sequence[float], energy_keV: float, *,
                    candidates: Sequence[str] | None = None, emin_keV: float = 1.0, noise: float = 0.1,
                    fano: float = 0.114, snipwidth: int = 30, escape: bool = True) -> list[FamilyScore]:
@@ -171,16 +189,7 @@ def score_elements(spectrum: np.ndarray, calibration: Sequence[float], energy_ke
     list of FamilyScore
         One per candidate family, largest area first.
     """
-    y = np.asarray(spectrum, dtype=np.float64)
-    if y.ndim != 1 or y.size < 16:
-        raise InputError(f"need a 1-D spectrum of at least 16 channels, got shape {y.shape}")
-    if not np.isfinite(y).all() or y.min() < 0:
-        raise InputError("the spectrum holds NaN, infinite or negative counts")
-    if y.sum() <= 0:
-        raise InputError("the spectrum has no counts")
-    cal = [float(c) for c in calibration] + [0.0] * (3 - len(calibration))
-    if cal[1] <= 0:
-        raise InputError(f"calibration gain {cal[1]} keV/channel must be positive")
+    y, cal = checked_spectrum(spectrum, calibration)
     ch = np.arange(y.size, dtype=np.float64)
     e_axis = cal[0] + cal[1] * ch + cal[2] * ch ** 2
     window = (e_axis >= emin_keV) & (e_axis <= energy_keV + 1.5)
